@@ -1,0 +1,5 @@
+import sys
+
+from castfinder.cli import main
+
+sys.exit(main())

@@ -1,0 +1,314 @@
+"""`castfinder`: index movies, list them, search them by screenshots, run the bot."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+# Libraries print loading bars and banners; on a terminal our own progress bars say enough.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+STAGE_LABELS = {
+    "shots": "Finding shots",
+    "index": "People → vectors",
+    "write": "Writing index",
+    "people": "Finding people",
+    "search": "Searching",
+}
+
+
+def _model_flags() -> argparse.ArgumentParser:
+    """Flags shared by the commands that load models; each overrides a CASTFINDER_ setting."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("models and storage (override CASTFINDER_* settings)")
+    g.add_argument("--index-dir", type=Path, help="where indexes live (CASTFINDER_INDEX_DIR)")
+    g.add_argument("--detector", help="YOLO model name or path (CASTFINDER_DETECTOR)")
+    g.add_argument("--person-classes", help="comma list of person class ids (CASTFINDER_PERSON_CLASSES)")
+    g.add_argument("--embedder", choices=["dinov2", "clip"], help="embedding model family (CASTFINDER_EMBEDDER)")
+    g.add_argument("--dinov2-model", help="HF id or local folder (CASTFINDER_DINOV2_MODEL)")
+    g.add_argument("--clip-model", help="HF id or local folder (CASTFINDER_CLIP_MODEL)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="CASTFINDER_DEVICE")
+    g.add_argument("--threads", type=int, dest="torch_threads", help="torch CPU threads (CASTFINDER_TORCH_THREADS)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    g.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="castfinder",
+        description="Find the shots of a movie in which a character appears, from screenshots.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    flags = _model_flags()
+
+    p = sub.add_parser("index", parents=[flags], help="index a movie (a video file or a frames folder)",
+                       description="Build the index of a movie. Re-indexing replaces the old index "
+                                   "only once the new one is complete.")
+    p.add_argument("source", type=Path, help="video file (mp4, mkv, avi, webm, mov) or frames folder")
+    p.add_argument("--movie", required=True, help='the movie\'s name, e.g. "Losing Ground"')
+    p.add_argument("--fps", type=float, dest="sample_fps", help="frames sampled per second inside shots (default 5)")
+    p.add_argument("--frames-fps", type=float, dest="frames_fps",
+                   help="frame rate that a frames folder's frames were taken at (default 5)")
+    p.add_argument("--faiss", choices=["flat", "ivf", "hnsw"], dest="faiss_index", help="FAISS index type")
+    p.add_argument("--no-dedup", action="store_false", dest="dedup", default=None,
+                   help="keep near-duplicate crops inside a shot")
+    p.add_argument("--dedup-threshold", type=float, help="cosine similarity above which a crop is a duplicate")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = sub.add_parser("movies", parents=[flags], help="list indexed movies")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("search", parents=[flags], help="find the shots a character appears in",
+                       description="Search a movie with one or more screenshots of a character.")
+    p.add_argument("images", nargs="+", type=Path, help="screenshots of the character")
+    p.add_argument("--movie", required=True, help="name, slug or unambiguous prefix")
+    p.add_argument("--top", type=int, default=5, help="number of shots to return (default 5)")
+    p.add_argument("--aggregation", choices=["max", "frequency", "rrf"], help="how hits make a shot's score")
+    p.add_argument("--people", default="main",
+                   help='whom to search for in each image: "main" (the most prominent person, default), '
+                        '"all", or 1-based numbers such as "1,3" (see `castfinder people`)')
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+
+    p = sub.add_parser("people", parents=[flags], help="number the people in a screenshot")
+    p.add_argument("image", type=Path)
+    p.add_argument("--save", type=Path, help="write the image with numbered boxes here (JPEG)")
+
+    sub.add_parser("bot", help="run the Telegram bot (long polling)", add_help=False)
+    return parser
+
+
+_OVERRIDES = ("index_dir", "detector", "person_classes", "embedder", "dinov2_model", "clip_model", "device",
+              "torch_threads", "sample_fps", "frames_fps", "faiss_index", "dedup", "dedup_threshold", "aggregation")
+
+
+def make_settings(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from core import Settings
+
+    overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k, None) is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(_fail(f"invalid settings: {problems}", EXIT_USAGE))
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> int:
+    print(f"castfinder: error: {message}", file=sys.stderr)
+    return code
+
+
+class _Bars:
+    """Draws the engine's progress events as tqdm bars, one per stage, on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bars: dict[str, object] = {}
+
+    def __call__(self, event) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(event.stage)
+        if bar is None:
+            bar = tqdm(total=event.total, desc=STAGE_LABELS.get(event.stage, event.stage), unit=event.unit,
+                       file=sys.stderr, dynamic_ncols=True, leave=True)
+            self.bars[event.stage] = bar
+        if event.total is not None and bar.total != event.total:
+            bar.total = event.total
+        bar.n = event.done
+        if event.message:
+            bar.set_postfix_str(event.message, refresh=False)
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def _console():
+    from rich.console import Console
+
+    # Piped output is read by people and scripts alike: don't squeeze it into 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+@contextlib.contextmanager
+def _engine_output_to_stderr() -> Iterator[None]:
+    """Keep stdout for our results alone (`--json` must print exactly one object)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def cmd_index(args, settings) -> int:
+    from core import Engine, format_ts
+
+    bars = _Bars(not args.quiet)
+    with _engine_output_to_stderr():
+        engine = Engine(settings)
+        try:
+            report = engine.index(args.source, args.movie, progress=bars)
+        finally:
+            bars.close()
+    m = report.movie
+    if args.json:
+        print(json.dumps({
+            "movie": m.name, "slug": m.slug, "path": str(m.path), "duration_s": round(m.duration_s, 3),
+            "shots": report.shots, "frames_sampled": report.frames_sampled,
+            "persons_detected": report.persons_detected, "crops_kept": report.crops_kept,
+            "duplicates_dropped": report.duplicates_dropped, "shots_without_people": report.shots_without_people,
+            "seconds": {k: round(v, 3) for k, v in report.seconds.items()}, "warnings": report.warnings,
+        }, ensure_ascii=False))
+        return 0
+    print(f"Indexed {m.name!r} → {m.path}")
+    print(f"  {report.shots} shots over {format_ts(m.duration_s, decimals=1)}, {report.frames_sampled} frames sampled")
+    print(f"  {report.persons_detected} people found, {report.crops_kept} kept, "
+          f"{report.duplicates_dropped} near-duplicates dropped")
+    if report.shots_without_people:
+        print(f"  {report.shots_without_people} shot(s) with nobody in them (not searchable)")
+    for warning in report.warnings:
+        print(f"  warning: {warning}")
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items() if v >= 0.05)
+    print(f"  time: {stages}")
+    return 0
+
+
+def cmd_movies(args, settings) -> int:
+    from core import Engine, format_ts
+
+    movies = Engine(settings, load_models=False).movies()
+    if args.json:
+        print(json.dumps({"movies": [{
+            "name": m.name, "slug": m.slug, "duration_s": round(m.duration_s, 3), "shots": m.shots,
+            "frames": m.frames, "vectors": m.vectors, "embedder": m.embedder, "model": m.embedder_model,
+            "built_at": m.built_at, "path": str(m.path)} for m in movies]}, ensure_ascii=False))
+        return 0
+    if not movies:
+        print(f"No movies indexed in {settings.index_dir.resolve()}. "
+              "Index one with: castfinder index MOVIE.mp4 --movie \"Name\"")
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"Indexed movies ({settings.index_dir})")
+    for col, justify in (("movie", "left"), ("slug", "left"), ("duration", "right"), ("shots", "right"),
+                         ("frames", "right"), ("vectors", "right"), ("embedder", "left"), ("built", "left")):
+        table.add_column(col, justify=justify, no_wrap=col != "movie", overflow="fold")
+    for m in movies:
+        table.add_row(m.name, m.slug, format_ts(m.duration_s, decimals=0), str(m.shots), str(m.frames),
+                      str(m.vectors), f"{m.embedder} ({m.dim}-d)", m.built_at.replace("T", " ")[:16])
+    _console().print(table)
+    return 0
+
+
+def _parse_people(value: str):
+    value = value.strip().lower()
+    if value in ("main", "all"):
+        return value
+    try:
+        picked = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        picked = ()
+    if not picked or min(picked) < 1:
+        raise SystemExit(_fail(f'--people takes "main", "all" or numbers like 1,3; got {value!r}', EXIT_USAGE))
+    return picked
+
+
+def cmd_search(args, settings) -> int:
+    from core import Engine, QueryImage, format_ts
+
+    if args.top < 1:
+        return _fail("--top must be at least 1", EXIT_USAGE)
+    select = _parse_people(args.people)
+    for image in args.images:
+        if not image.is_file():
+            return _fail(f"{image}: no such file")
+    with _engine_output_to_stderr():
+        engine = Engine(settings, load_models=False)
+        info = engine.resolve_movie(args.movie)  # before loading models: fail fast on a typo
+        engine.load_models()
+        response = engine.search(info, [QueryImage(p, select=select, name=str(p)) for p in args.images],
+                                 top=args.top, aggregation=args.aggregation)
+    if args.json:
+        print(json.dumps(response.to_json(), ensure_ascii=False))
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    if response.whole_image_queries:
+        console.print(f"[yellow]No person found in {response.whole_image_queries} image(s): searched the whole image.[/]")
+    if not response.results:
+        console.print(f"No shots of {response.movie!r} matched.")
+        return 0
+    table = Table(title=f"{response.movie}: best shots ({response.aggregation})")
+    for col, justify in (("#", "right"), ("shot", "right"), ("start–end", "left"), ("score", "right"),
+                         ("thumbnail", "left")):
+        table.add_column(col, justify=justify, no_wrap=col != "thumbnail", overflow="fold")
+    for r in response.results:
+        shot = f"{r.scene}/{r.shot}" if r.scene is not None else str(r.shot)
+        score = f"{r.score:.3f}" + (" (weak)" if r.low_confidence else "")
+        table.add_row(str(r.rank), shot, f"{format_ts(r.start_s)}–{format_ts(r.end_s)}", score, r.thumbnail)
+    console.print(table)
+    return 0
+
+
+def cmd_people(args, settings) -> int:
+    from core import Engine
+
+    with _engine_output_to_stderr():
+        engine = Engine(settings, load_models=False)
+        people = engine.find_people(args.image)
+    if not people:
+        print("No person found; a search would use the whole image.")
+    for p in people:
+        x1, y1, x2, y2 = (round(v) for v in p.bbox)
+        print(f"{p.index}: box ({x1}, {y1})–({x2}, {y2}), confidence {p.score:.2f}, "
+              f"{p.area_fraction:.0%} of the image")
+    if args.save:
+        args.save.write_bytes(engine.annotate_people(args.image, people))
+        print(f"Saved {args.save}")
+    return 0
+
+
+COMMANDS = {"index": cmd_index, "movies": cmd_movies, "search": cmd_search, "people": cmd_people}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bot"]:
+        from bot.app import run as run_bot
+
+        return run_bot(argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from core import CastfinderError
+
+    try:
+        settings = make_settings(args)
+        return COMMANDS[args.command](args, settings)
+    except CastfinderError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing was changed.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

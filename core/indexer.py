@@ -1,0 +1,227 @@
+"""The offline stage: movie → shots → sampled frames → people → embeddings → index on disk."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from .detector import PersonDetector
+from .embedders import Embedder
+from .errors import BadInputError
+from .naming import clean_name, slugify
+from .settings import Settings
+from .sources import SampledFrame, _shot_targets, open_source
+from .store import CropRow, IndexWriter, movie_info, read_manifest, tidy_index_dir
+from .types import IndexReport, Progress, ProgressCallback, Shot
+
+log = logging.getLogger(__name__)
+
+# "Face/Off" is a title; "../x", "/etc" and "C:\\x" are attempts at paths.
+_PATHLIKE = re.compile(r"(^|[\\/])\.\.([\\/]|$)|^[\\/]|^[A-Za-z]:[\\/]")
+
+
+@dataclass
+class _ShotState:
+    """What the indexer remembers about the shot being processed."""
+
+    shot: Shot
+    kept: list[np.ndarray] = field(default_factory=list)  # embeddings kept, for de-duplication
+    persons: int = 0
+    thumb: np.ndarray | None = None
+    thumb_score: float = -1.0
+    thumb_time: float = 0.0
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def dedup_mask(vectors: np.ndarray, kept: list[np.ndarray], threshold: float) -> np.ndarray:
+    """Which rows of `vectors` to keep: a row is dropped when its cosine similarity to a kept
+    vector of the same shot (earlier ones, or earlier rows of this batch) exceeds `threshold`."""
+    mask = np.ones(len(vectors), dtype=bool)
+    for i, vec in enumerate(vectors):
+        if kept and float(np.max(np.stack(kept) @ vec)) > threshold:
+            mask[i] = False
+            continue
+        kept.append(vec)
+    return mask
+
+
+class Indexer:
+    def __init__(self, settings: Settings, detector: PersonDetector, embedder: Embedder) -> None:
+        self.settings = settings
+        self.detector = detector
+        self.embedder = embedder
+
+    def run(self, source_path: Path, movie: str, progress: ProgressCallback) -> IndexReport:
+        s = self.settings
+        name = clean_name(movie)
+        if not name:
+            raise BadInputError("The movie name is empty; give one with --movie.")
+        if _PATHLIKE.search(name):
+            raise BadInputError(
+                f"The movie name {name!r} looks like a file path; give the movie's title, e.g. --movie \"Heat (1995)\"."
+            )
+        slug = slugify(name)
+        tidy_index_dir(s.index_dir)
+        timer = _Timer()
+        started = time.perf_counter()
+        with timer("open"):
+            source = open_source(
+                source_path, frames_fps=s.frames_fps, scene_threshold=s.scene_threshold,
+                min_shot_frames=s.min_shot_frames,
+            )
+        with timer("shots"):
+            shots = source.shots(progress)
+        planned = sum(len(_shot_targets(shot, s.sample_fps)) for shot in shots)
+        writer = IndexWriter(s.index_dir, slug)
+        try:
+            counts = self._process(source.sample(shots, s.sample_fps, lambda _: None), shots, planned,
+                                   writer, timer, progress)
+            manifest = {
+                "name": name,
+                "source": {"kind": source.kind, "path": str(Path(source_path).resolve()),
+                           "size": _size_of(Path(source_path))},
+                "duration_s": float(source.duration_s),
+                "embedder": self.embedder.name,
+                "channels": {self.embedder.name: {"model": self.embedder.model_name}},
+                "detector": {"model": self.detector.name, "classes": self.detector.classes,
+                             "conf": self.detector.conf, "imgsz": self.detector.imgsz},
+                "settings": {"sample_fps": s.sample_fps, "frames_fps": s.frames_fps,
+                             "scene_threshold": s.scene_threshold, "min_shot_frames": s.min_shot_frames,
+                             "dedup": s.dedup, "dedup_threshold": s.dedup_threshold,
+                             "faiss_index": s.faiss_index},
+                "counts": {"shots": len(shots), **counts},
+                "warnings": source.warnings,
+                "versions": _versions(),
+            }
+            with timer("write"):
+                progress(Progress("write", 0, 1, "index"))
+                manifest["seconds"] = dict(timer.seconds)
+                manifest["elapsed_s"] = time.perf_counter() - started
+                final = writer.commit(manifest, s.faiss_index, {self.embedder.name: self.embedder.dim})
+                progress(Progress("write", 1, 1, "index"))
+        except BaseException:
+            # Ctrl-C included: the half-built folder goes, the previous index stays.
+            writer.abort()
+            raise
+        manifest = read_manifest(final)
+        assert manifest is not None
+        return IndexReport(
+            movie=movie_info(final, manifest),
+            shots=len(shots),
+            frames_sampled=counts["frames_sampled"],
+            persons_detected=counts["persons_detected"],
+            crops_kept=counts["crops_kept"],
+            duplicates_dropped=counts["duplicates_dropped"],
+            shots_without_people=counts["shots_without_people"],
+            seconds=dict(timer.seconds),
+            warnings=list(source.warnings),
+        )
+
+    def _process(self, frames: Iterator[SampledFrame], shots: list[Shot], planned: int,
+                 writer: IndexWriter, timer: _Timer, progress: ProgressCallback) -> dict[str, int]:
+        s = self.settings
+        by_id = {shot.id: shot for shot in shots}
+        states: dict[int, _ShotState] = {}
+        counts = {"frames_sampled": 0, "persons_detected": 0, "crops_kept": 0, "duplicates_dropped": 0,
+                  "shots_without_people": 0}
+        finished: set[int] = set()
+
+        def finish_shot(state: _ShotState) -> None:
+            writer.add_shot(state.shot, state.thumb, state.thumb_time, state.persons, s.thumbnail_px)
+            if state.persons == 0:
+                counts["shots_without_people"] += 1
+            finished.add(state.shot.id)
+
+        batch: list[SampledFrame] = []
+        frame_iter = iter(frames)
+        while True:
+            with timer("decode"):
+                frame = next(frame_iter, None)
+            if frame is not None:
+                batch.append(frame)
+            if batch and (frame is None or len(batch) >= s.det_batch):
+                self._process_batch(batch, by_id, states, writer, timer, counts, finish_shot)
+                counts["frames_sampled"] += len(batch)
+                progress(Progress("index", counts["frames_sampled"], planned, "frame",
+                                  f"{counts['crops_kept']} people kept"))
+                batch = []
+            if frame is None:
+                break
+        for state in sorted(states.values(), key=lambda st: st.shot.id):
+            finish_shot(state)
+        missing = len(shots) - len(finished)
+        if missing:
+            log.warning("%d shot(s) had no decodable frame and are left out", missing)
+        return counts
+
+    def _process_batch(self, batch, by_id, states, writer, timer, counts, finish_shot) -> None:
+        s = self.settings
+        with timer("detect"):
+            detections = self.detector.detect([f.image for f in batch])
+        crops: list[Image.Image] = []
+        rows: list[CropRow] = []
+        for frame, dets in zip(batch, detections):
+            state = states.setdefault(frame.shot_id, _ShotState(by_id[frame.shot_id]))
+            best = max((d.score for d in dets), default=0.0)
+            if state.thumb is None or best > state.thumb_score:
+                state.thumb, state.thumb_score, state.thumb_time = frame.image, best, frame.time_s
+            state.persons += len(dets)
+            counts["persons_detected"] += len(dets)
+            image = Image.fromarray(frame.image)
+            for det in dets:
+                x1, y1, x2, y2 = det.bbox
+                crops.append(image.crop((int(x1), int(y1), int(np.ceil(x2)), int(np.ceil(y2)))))
+                rows.append(CropRow(frame.shot_id, frame.frame_index, frame.time_s, det.bbox, det.score))
+        if crops:
+            with timer("embed"):
+                vectors = self.embedder.embed(crops)
+            keep = np.ones(len(rows), dtype=bool)
+            if s.dedup:
+                for sid in {r.shot_id for r in rows}:
+                    idx = np.array([i for i, r in enumerate(rows) if r.shot_id == sid])
+                    keep[idx] = dedup_mask(vectors[idx], states[sid].kept, s.dedup_threshold)
+            counts["duplicates_dropped"] += int((~keep).sum())
+            counts["crops_kept"] += int(keep.sum())
+            writer.add_crops([r for r, k in zip(rows, keep) if k], {self.embedder.name: vectors[keep]})
+        # Frames arrive in shot order: shots before the batch's last one are complete.
+        for sid in [sid for sid in states if sid < batch[-1].shot_id]:
+            finish_shot(states.pop(sid))
+
+
+def _size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("castfinder", "torch", "transformers", "ultralytics", "faiss-cpu", "scenedetect"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out

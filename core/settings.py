@@ -1,0 +1,99 @@
+"""Engine settings, read from the environment or `.env` with the `CASTFINDER_` prefix.
+
+Every field here is documented in `.env.example`; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+EmbedderName = Literal["dinov2", "clip"]
+Aggregation = Literal["max", "frequency", "rrf"]
+FaissKind = Literal["flat", "ivf", "hnsw"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CASTFINDER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # Where built indexes live, one folder per movie.
+    index_dir: Path = Path("indexes")
+
+    # People detector (ultralytics): a model name such as "yolov8s.pt" (downloaded on first
+    # use) or a path to a .pt/.onnx file.
+    detector: str = "yolov8s.pt"
+    # Class ids that count as a person. COCO models: "0". Some fine-tuned detectors split people
+    # into several classes (e.g. "0,1").
+    person_classes: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [0])
+    det_conf: float = Field(0.35, ge=0.0, le=1.0)
+    det_imgsz: int = Field(640, ge=32)
+    det_batch: int = Field(8, ge=1)
+    # Boxes smaller than this many pixels on their short side are too small to identify anyone.
+    min_person_px: int = Field(16, ge=1)
+
+    embedder: EmbedderName = "dinov2"
+    dinov2_model: str = "facebook/dinov2-small"
+    clip_model: str = "openai/clip-vit-base-patch16"
+    embed_batch: int = Field(32, ge=1)
+
+    device: DeviceName = "auto"
+    # Torch intra-op threads; 0 keeps torch's default (all cores).
+    torch_threads: int = Field(0, ge=0)
+
+    # Sampling inside shots (video) and the frame rate that frames-folder names imply.
+    sample_fps: float = Field(5.0, gt=0)
+    frames_fps: float = Field(5.0, gt=0)
+    # PySceneDetect ContentDetector threshold and shortest shot in frames.
+    scene_threshold: float = Field(27.0, gt=0)
+    min_shot_frames: int = Field(15, ge=1)
+
+    # Near-duplicate crops inside one shot are dropped when their cosine similarity to a kept
+    # crop of the same shot exceeds the threshold.
+    dedup: bool = True
+    dedup_threshold: float = Field(0.97, gt=0.0, le=1.0)
+
+    faiss_index: FaissKind = "flat"
+    thumbnail_px: int = Field(480, ge=64)
+
+    # Search.
+    search_k: int = Field(500, ge=1)
+    aggregation: Aggregation = "max"
+    rrf_k: int = Field(60, ge=1)
+    # Scores under this are reported as low confidence (the bot marks them).
+    low_score: float = Field(0.5, ge=0.0, le=1.0)
+    index_cache_size: int = Field(4, ge=1)
+    # Larger query images are refused before decoding (decompression bombs) ...
+    max_image_pixels: int = Field(80_000_000, ge=1)
+    # ... and images over this long side are downscaled before detection.
+    max_query_side: int = Field(2048, ge=64)
+
+    @field_validator("person_classes", mode="before")
+    @classmethod
+    def _split_classes(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            if not parts:
+                raise ValueError("CASTFINDER_PERSON_CLASSES needs at least one class id, e.g. 0")
+            return [int(p) for p in parts]
+        if isinstance(value, int):
+            return [value]
+        return value
+
+    def embedder_model(self) -> str:
+        return self.dinov2_model if self.embedder == "dinov2" else self.clip_model
+
+    def resolve_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,127 @@
+"""Small typed objects passed across the engine's boundary (to the CLI and the bot)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+BBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the source frame
+
+
+@dataclass(frozen=True)
+class Shot:
+    id: int  # 1-based, unique within a movie, in time order
+    number: int  # the shot number users see: the `shot_<k>` of a frames folder, else == id
+    scene: int | None  # from frames-folder names; None for videos
+    start_frame: int
+    end_frame: int  # inclusive
+    start_s: float
+    end_s: float  # exclusive: the time the next shot starts
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@dataclass(frozen=True)
+class Person:
+    """A person found in a query image."""
+
+    index: int  # 1-based, in the order users see them (left to right)
+    bbox: BBox
+    score: float
+    area_fraction: float
+
+
+@dataclass(frozen=True)
+class ShotResult:
+    rank: int
+    shot: int  # Shot.number
+    shot_id: int  # Shot.id
+    scene: int | None
+    start_s: float
+    end_s: float
+    score: float
+    thumbnail: str  # absolute path of the shot's JPEG thumbnail
+    frame_s: float  # time of the best-matching person's frame
+    bbox: BBox  # box of the best-matching person in that frame
+    similarity: float  # best cosine similarity behind the result, whatever the aggregation
+    low_confidence: bool  # similarity under the low-score setting: show it as a weak match
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["bbox"] = [round(v, 1) for v in self.bbox]
+        data["score"] = round(self.score, 4)
+        data["start_s"] = round(self.start_s, 3)
+        data["end_s"] = round(self.end_s, 3)
+        data["frame_s"] = round(self.frame_s, 3)
+        return data
+
+
+@dataclass(frozen=True)
+class SearchResponse:
+    movie: str  # the movie's display name
+    slug: str
+    results: list[ShotResult]
+    query_crops: int  # how many query crops were searched
+    whole_image_queries: int  # query images in which no person was found (searched whole)
+    aggregation: str
+    elapsed_s: float
+
+    def to_json(self) -> dict:
+        """The stable machine-readable form printed by `castfinder search --json`."""
+        keys = ("rank", "shot", "scene", "start_s", "end_s", "score", "thumbnail", "frame_s", "bbox")
+        return {
+            "movie": self.movie,
+            "results": [{k: r.to_json()[k] for k in keys} for r in self.results],
+        }
+
+
+@dataclass(frozen=True)
+class MovieInfo:
+    slug: str
+    name: str
+    path: Path
+    duration_s: float
+    shots: int
+    frames: int  # sampled frames
+    vectors: int
+    embedder: str
+    embedder_model: str
+    dim: int
+    source: str
+    built_at: str
+    build_id: str
+
+
+@dataclass
+class IndexReport:
+    movie: MovieInfo
+    shots: int
+    frames_sampled: int
+    persons_detected: int
+    crops_kept: int
+    duplicates_dropped: int
+    shots_without_people: int
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage wall time
+    warnings: list[str] = field(default_factory=list)
+
+
+Stage = Literal["shots", "sampling", "detect", "embed", "write", "load", "search"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str
+    done: int
+    total: int | None  # None when unknown
+    unit: str = "it"
+    message: str = ""
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def no_progress(_: Progress) -> None:
+    return None

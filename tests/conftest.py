@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny random models built from configs, the real weights from ../shared when
+present, and small real indexes. Nothing here downloads anything."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before ultralytics / transformers are imported anywhere: no network, no writes to ~/.config.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="castfinder-yolo-"))
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Tests build their settings explicitly; a developer's CASTFINDER_* must not leak in.
+for _key in [k for k in os.environ if k.startswith("CASTFINDER_") and k != "CASTFINDER_SHARED"]:
+    del os.environ[_key]
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CASTFINDER_SHARED", REPO.parent / "shared")).resolve()
+DATA = SHARED / "data"
+WEIGHTS = SHARED / "weights"
+PERSON_DETECTOR = WEIGHTS / "person_yolov8s_falldet.pt"
+TITANIC = DATA / "titanic" / "titanic_20s.mp4"
+GOLDENEYE_FRAMES = DATA / "goldeneye" / "frames"
+
+requires_shared = pytest.mark.skipif(
+    not (PERSON_DETECTOR.is_file() and TITANIC.is_file() and GOLDENEYE_FRAMES.is_dir()),
+    reason=f"needs the real footage and weights in {SHARED} (only on the project's own machines)",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_bot_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BOT_TOKEN", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random DINOv2 saved the way a Hugging Face repo is laid out (config, weights, processor)."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    path = tmp_path_factory.mktemp("tiny-dinov2")
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, image_size=56, patch_size=14)
+    Dinov2Model(config).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56},
+                      do_center_crop=True, image_mean=[0.485, 0.456, 0.406],
+                      image_std=[0.229, 0.224, 0.225]).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    path = tmp_path_factory.mktemp("tiny-clip")
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=32, patch_size=8, projection_dim=24)
+    CLIPVisionModelWithProjection(config).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, tiny_dinov2: Path):
+    """Settings for a test: a private index dir, the tiny DINOv2, a random YOLO unless told."""
+    from core import Settings
+
+    def make(**overrides) -> Settings:
+        values = dict(index_dir=tmp_path / "indexes", detector="yolov8n.yaml", dinov2_model=str(tiny_dinov2),
+                      device="cpu", det_imgsz=320)
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return make
+
+
+def real_detector_settings(index_dir: Path, dinov2: Path, **overrides):
+    from core import Settings
+
+    values = dict(index_dir=index_dir, detector=str(PERSON_DETECTOR), person_classes=[0, 1],
+                  dinov2_model=str(dinov2), device="cpu")
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="session")
+def titanic_engine(tmp_path_factory: pytest.TempPathFactory, tiny_dinov2: Path):
+    """An engine with the real person detector and a real index of the Titanic clip (1 fps, to
+    keep it quick), movie name "Titanic". Skips without ../shared."""
+    if not (PERSON_DETECTOR.is_file() and TITANIC.is_file()):
+        pytest.skip(f"needs {PERSON_DETECTOR} and {TITANIC}")
+    from core import Engine
+
+    settings = real_detector_settings(tmp_path_factory.mktemp("titanic-index"), tiny_dinov2, sample_fps=1.0)
+    engine = Engine(settings)
+    engine.index(TITANIC, "Titanic")
+    return engine

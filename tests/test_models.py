@@ -1,0 +1,99 @@
+"""The real loading code, on tiny random models built from configs (nothing is downloaded)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core import ModelNotFoundError
+from core.detector import PersonDetector
+from core.embedders import ClipEmbedder, Dinov2Embedder, make_embedder
+
+
+def _crops(n: int = 5) -> list[Image.Image]:
+    rng = np.random.default_rng(1)
+    return [Image.fromarray(rng.integers(0, 255, (80 + 7 * i, 40 + 3 * i, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def test_dinov2_embeds_the_mean_of_the_last_hidden_state_normalised(tiny_dinov2: Path) -> None:
+    from transformers import AutoImageProcessor, AutoModel
+
+    emb = make_embedder("dinov2", str(tiny_dinov2), device="cpu", batch=2)
+    assert isinstance(emb, Dinov2Embedder) and emb.dim == 32
+    crops = _crops()
+    vectors = emb.embed(crops)
+    assert vectors.shape == (5, 32) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # Independent reference computation with plain transformers.
+    proc, model = AutoImageProcessor.from_pretrained(tiny_dinov2), AutoModel.from_pretrained(tiny_dinov2).eval()
+    with torch.no_grad():
+        ref = model(**proc(images=crops, return_tensors="pt")).last_hidden_state.mean(dim=1).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(vectors, ref, atol=1e-4)
+
+
+def test_clip_embeds_the_projected_image_embedding(tiny_clip: Path) -> None:
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    emb = make_embedder("clip", str(tiny_clip), device="cpu", batch=3)
+    assert isinstance(emb, ClipEmbedder) and emb.dim == 24
+    crops = _crops(4)
+    vectors = emb.embed(crops)
+    proc = CLIPImageProcessor.from_pretrained(tiny_clip)
+    model = CLIPVisionModelWithProjection.from_pretrained(tiny_clip).eval()
+    with torch.no_grad():
+        ref = model(**proc(images=crops, return_tensors="pt")).image_embeds.numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(vectors, ref, atol=1e-4)
+
+
+def test_identical_crops_embed_identically_and_batches_do_not_matter(tiny_dinov2: Path) -> None:
+    crops = _crops(3)
+    one = make_embedder("dinov2", str(tiny_dinov2), device="cpu", batch=1).embed(crops)
+    many = make_embedder("dinov2", str(tiny_dinov2), device="cpu", batch=8).embed(crops + [crops[0]])
+    np.testing.assert_allclose(one, many[:3], atol=1e-5)
+    np.testing.assert_allclose(many[0], many[3], atol=1e-6)
+
+
+@pytest.mark.parametrize(("kind", "setting"), [("dinov2", "CASTFINDER_DINOV2_MODEL"), ("clip", "CASTFINDER_CLIP_MODEL")])
+def test_a_missing_embedding_model_names_the_setting(tmp_path: Path, kind: str, setting: str) -> None:
+    with pytest.raises(ModelNotFoundError, match=setting):
+        make_embedder(kind, str(tmp_path / "absent"), device="cpu", batch=1)
+    # A hub id that is not in the cache, offline: the same clear error, not a traceback.
+    with pytest.raises(ModelNotFoundError, match=setting):
+        make_embedder(kind, "castfinder-tests/no-such-model", device="cpu", batch=1)
+
+
+def _detector(model: str, **kw) -> PersonDetector:
+    args = dict(classes=[0], conf=0.01, imgsz=160, batch=2, min_px=1, device="cpu")
+    args.update(kw)
+    return PersonDetector(model, **args)
+
+
+def test_a_random_yolo_from_its_yaml_runs_batched() -> None:
+    det = _detector("yolov8n.yaml")
+    images = [np.zeros((120, 200, 3), np.uint8), np.full((90, 90, 3), 127, np.uint8), np.zeros((64, 64, 3), np.uint8)]
+    out = det.detect(images)
+    assert len(out) == 3
+    for dets, img in zip(out, images):
+        for d in dets:
+            x1, y1, x2, y2 = d.bbox
+            assert 0 <= d.score <= 1 and x2 > x1 and y2 > y1
+            assert x2 <= img.shape[1] + 1 and y2 <= img.shape[0] + 1
+        assert [d.score for d in dets] == sorted((d.score for d in dets), reverse=True)
+
+
+def test_a_missing_detector_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="CASTFINDER_DETECTOR"):
+        _detector(str(tmp_path / "people.pt"))
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelNotFoundError, match="CASTFINDER_DETECTOR"):
+        _detector(str(broken))
+
+
+def test_person_classes_the_detector_does_not_have_are_refused() -> None:
+    with pytest.raises(ModelNotFoundError, match="CASTFINDER_PERSON_CLASSES"):
+        _detector("yolov8n.yaml", classes=[0, 400])

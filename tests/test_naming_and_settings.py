@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from core import Settings, format_ts, slugify
+
+
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("Amélie (2001)", "amelie-2001"),
+        ("Lock, Stock and Two Smoking Barrels", "lock-stock-and-two-smoking-barrels"),
+        ("Face/Off", "face-off"),
+        ("../../etc/passwd", "etc-passwd"),
+        ("  Heat  ", "heat"),
+    ],
+)
+def test_slug_is_readable_and_filesystem_safe(name: str, slug: str) -> None:
+    assert slugify(name) == slug
+
+
+def test_slug_of_names_without_ascii_is_stable_and_distinct() -> None:
+    a, b = slugify("🎬🍿"), slugify("千と千尋の神隠し")
+    assert a.startswith("movie-") and b.startswith("movie-") and a != b
+    assert slugify("🎬🍿") == a
+    for s in (a, b):
+        assert "/" not in s and ".." not in s and s.isascii()
+
+
+def test_long_names_are_cut_but_stay_distinct() -> None:
+    base = "A Very Long Title " * 10
+    a, b = slugify(base + "Part One"), slugify(base + "Part Two")
+    assert len(a) <= 64 and len(b) <= 64 and a != b
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "00:00:00.000"), (2.419086, "00:00:02.419"), (3723.4567, "01:02:03.456"), (8.8, "00:00:08.800")],
+)
+def test_timestamps_are_hh_mm_ss_mmm(seconds: float, text: str) -> None:
+    assert format_ts(seconds) == text
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CASTFINDER_PERSON_CLASSES", "0, 1")
+    monkeypatch.setenv("CASTFINDER_EMBEDDER", "clip")
+    monkeypatch.setenv("CASTFINDER_INDEX_DIR", "/srv/indexes")
+    s = Settings(_env_file=None)
+    assert s.person_classes == [0, 1]
+    assert s.embedder == "clip" and s.embedder_model() == "openai/clip-vit-base-patch16"
+    assert s.index_dir == Path("/srv/indexes")
+
+
+def test_settings_read_dotenv_and_flags_override_it(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("CASTFINDER_DETECTOR=models/people.pt\nCASTFINDER_SAMPLE_FPS=2\n")
+    s = Settings(_env_file=env)
+    assert s.detector == "models/people.pt" and s.sample_fps == 2
+    assert Settings(_env_file=env, sample_fps=7).sample_fps == 7
+
+
+@pytest.mark.parametrize(("key", "value"), [("CASTFINDER_EMBEDDER", "resnet"), ("CASTFINDER_PERSON_CLASSES", "person"),
+                                            ("CASTFINDER_SAMPLE_FPS", "0")])
+def test_bad_settings_are_refused(monkeypatch: pytest.MonkeyPatch, key: str, value: str) -> None:
+    monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)
+
+
+def test_env_example_documents_every_setting() -> None:
+    text = (Path(__file__).parents[1] / ".env.example").read_text()
+    missing = [f"CASTFINDER_{name.upper()}" for name in Settings.model_fields if f"CASTFINDER_{name.upper()}=" not in text]
+    assert not missing
