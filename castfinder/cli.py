@@ -39,6 +39,8 @@ def _model_flags() -> argparse.ArgumentParser:
     g.add_argument("--dinov2-model", help="HF id or local folder (CASTFINDER_DINOV2_MODEL)")
     g.add_argument("--clip-model", help="HF id or local folder (CASTFINDER_CLIP_MODEL)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="CASTFINDER_DEVICE")
+    g.add_argument("--osnet-model", help="OSNet re-id ONNX file (CASTFINDER_OSNET_MODEL)")
+    g.add_argument("--face-detector", help="hog, cnn or a YuNet .onnx path (CASTFINDER_FACE_DETECTOR)")
     g.add_argument("--threads", type=int, dest="torch_threads", help="torch CPU threads (CASTFINDER_TORCH_THREADS)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     g.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dedup", action="store_false", dest="dedup", default=None,
                    help="keep near-duplicate crops inside a shot")
     p.add_argument("--dedup-threshold", type=float, help="cosine similarity above which a crop is a duplicate")
+    p.add_argument("--channels", help="comma list from dinov2, clip, osnet, face (CASTFINDER_CHANNELS)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("movies", parents=[flags], help="list indexed movies")
@@ -76,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--movie", required=True, help="name, slug or unambiguous prefix")
     p.add_argument("--top", type=int, default=5, help="number of shots to return (default 5)")
     p.add_argument("--aggregation", choices=["max", "frequency", "rrf"], help="how hits make a shot's score")
+    p.add_argument("--channels", dest="search_channels", help="search only these of the index's channels, e.g. face")
+    p.add_argument("--no-tracks", action="store_false", dest="tracks", default=None,
+                   help="fuse channels per crop instead of per tracked person")
     p.add_argument("--people", default="main",
                    help='whom to search for in each image: "main" (the most prominent person, default), '
                         '"all", or 1-based numbers such as "1,3" (see `castfinder people`)')
@@ -90,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _OVERRIDES = ("index_dir", "detector", "person_classes", "embedder", "dinov2_model", "clip_model", "device",
-              "torch_threads", "sample_fps", "frames_fps", "faiss_index", "dedup", "dedup_threshold", "aggregation")
+              "torch_threads", "sample_fps", "frames_fps", "faiss_index", "dedup", "dedup_threshold", "aggregation",
+              "osnet_model", "face_detector", "tracks", "channels")
 
 
 def make_settings(args: argparse.Namespace):
@@ -239,10 +246,11 @@ def cmd_search(args, settings) -> int:
             return _fail(f"{image}: no such file")
     with _engine_output_to_stderr():
         engine = Engine(settings, load_models=False)
-        info = engine.resolve_movie(args.movie)  # before loading models: fail fast on a typo
-        engine.load_models()
+        # Before any model loads: fail fast on a typo. The index's own channels load on demand.
+        info = engine.resolve_movie(args.movie)
+        channels = [c.strip() for c in args.search_channels.split(",") if c.strip()] if args.search_channels else None
         response = engine.search(info, [QueryImage(p, select=select, name=str(p)) for p in args.images],
-                                 top=args.top, aggregation=args.aggregation)
+                                 top=args.top, aggregation=args.aggregation, channels=channels)
     if args.json:
         print(json.dumps(response.to_json(), ensure_ascii=False))
         return 0

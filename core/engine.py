@@ -18,11 +18,12 @@ import numpy as np
 
 from .annotate import draw_people
 from .detector import PersonDetector
-from .embedders import Embedder, make_embedder
+from .channels import Channel, make_channel
 from .errors import AmbiguousMovieError, BadInputError, MovieNotFoundError
 from .images import ImageLike, QueryImage, crop, load_image
 from .indexer import Indexer
 from .naming import slugify
+from .fusion import fuse
 from .ranking import aggregate
 from .settings import Settings
 from .store import MovieIndex, list_indexes, read_manifest, tidy_index_dir
@@ -36,7 +37,7 @@ class Engine:
         self.settings = settings or Settings()
         self.device = self.settings.resolve_device()
         self._detector: PersonDetector | None = None
-        self._embedders: dict[tuple[str, str], Embedder] = {}
+        self._channels: dict[tuple[str, str], Channel] = {}
         self._models_lock = threading.Lock()
         self._cache: OrderedDict[str, MovieIndex] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -50,9 +51,10 @@ class Engine:
 
     # -- models ---------------------------------------------------------------------------
     def load_models(self) -> None:
-        """Load the detector and the configured embedder now (at start-up, not on first query)."""
+        """Load the detector and the configured channels now (at start-up, not on first query)."""
         self.detector
-        self.embedder_for(self.settings.embedder, self.settings.embedder_model())
+        for name in self.settings.index_channels():
+            self.channel_for(name, self.settings.model_for(name))
 
     @property
     def detector(self) -> PersonDetector:
@@ -65,13 +67,13 @@ class Engine:
                 )
             return self._detector
 
-    def embedder_for(self, kind: str, model: str) -> Embedder:
-        """The embedder an index was built with; loaded once, shared by every index using it."""
-        key = (kind, model)
+    def channel_for(self, name: str, model: str) -> Channel:
+        """The channel an index was built with; loaded once, shared by every index using it."""
+        key = (name, model)
         with self._models_lock:
-            if key not in self._embedders:
-                self._embedders[key] = make_embedder(kind, model, device=self.device, batch=self.settings.embed_batch)
-            return self._embedders[key]
+            if key not in self._channels:
+                self._channels[key] = make_channel(name, model, self.settings, self.device)
+            return self._channels[key]
 
     # -- movies ---------------------------------------------------------------------------
     def movies(self) -> list[MovieInfo]:
@@ -130,8 +132,8 @@ class Engine:
     # -- offline --------------------------------------------------------------------------
     def index(self, source: Path | str, movie: str, progress: ProgressCallback = no_progress):
         """Build (or rebuild) the index of `movie` from a video file or a frames folder."""
-        embedder = self.embedder_for(self.settings.embedder, self.settings.embedder_model())
-        report = Indexer(self.settings, self.detector, embedder).run(Path(source), movie, progress)
+        channels = [self.channel_for(name, self.settings.model_for(name)) for name in self.settings.index_channels()]
+        report = Indexer(self.settings, self.detector, channels).run(Path(source), movie, progress)
         with self._cache_lock:
             self._cache.pop(report.movie.slug, None)
         return report
@@ -162,8 +164,15 @@ class Engine:
         *,
         top: int = 5,
         aggregation: str | None = None,
+        channels: Sequence[str] | None = None,
         progress: ProgressCallback = no_progress,
     ) -> SearchResponse:
+        """The best shots of `movie` for the people in `queries`.
+
+        `channels` restricts the search to some of the index's channels (default: all of them).
+        With one channel, `aggregation` turns its hits into shot scores; with several, evidence
+        is fused per track (see core.fusion) and shots are ranked by calibrated confidence.
+        """
         started = time.perf_counter()
         s = self.settings
         method = aggregation or s.aggregation
@@ -185,27 +194,60 @@ class Engine:
                 crops.append(img)  # nobody found: the whole screenshot is the query
                 whole += 1
             progress(Progress("people", n, len(queries), "image"))
-        channel = index.info.embedder
+        use = _pick_channels(index.info.channels, channels)
         progress(Progress("search", 0, 1, "step"))
-        vectors = self.embedder_for(channel, index.info.embedder_model).embed(crops)
-        sims, ids = index.search(channel, vectors, s.search_k)
-        ranked = aggregate(sims, ids, index.crop_shot, method, rrf_k=s.rrf_k)
+        hits = {}
+        for name in use:
+            channel = self.channel_for(name, index.manifest["channels"][name]["model"])
+            encoded = channel.encode(crops)
+            sims, ids = index.search(name, encoded.vectors, s.search_k)
+            hits[name] = (sims, ids)
+        if len(use) == 1:
+            sims, ids = hits[use[0]]
+            calib = index.calibration[use[0]]
+            ranked = [(h.shot_id, h.score, h.similarity, h.best_crop,
+                       float(_sigmoid(calib.logit(calib.z(h.similarity)))))
+                      for h in aggregate(sims, ids, index.crop_shot, method, rrf_k=s.rrf_k)]
+        else:
+            if method != "max":
+                raise BadInputError(
+                    f"{method} aggregation works on one channel; with several ({', '.join(use)}) evidence "
+                    "is fused per person. Use --aggregation max, or choose one channel with --channels."
+                )
+            ranked = [(f.shot_id, f.confidence, f.similarity, f.best_crop, f.confidence)
+                      for f in fuse(index, hits, use_tracks=s.tracks)]
         results = []
-        for rank, hit in enumerate(ranked[:top], start=1):
-            shot = index.shots[hit.shot_id]
+        for rank, (shot_id, score, similarity, best_crop, confidence) in enumerate(ranked[:top], start=1):
+            shot = index.shots[shot_id]
             results.append(ShotResult(
                 rank=rank, shot=shot.number, shot_id=shot.id, scene=shot.scene,
-                start_s=shot.start_s, end_s=shot.end_s, score=hit.score,
+                start_s=shot.start_s, end_s=shot.end_s, score=score,
                 thumbnail=str(index.thumbnails[shot.id]),
-                frame_s=float(index.crop_time[hit.best_crop]),
-                bbox=tuple(float(v) for v in index.crop_bbox[hit.best_crop]),
-                similarity=hit.similarity, low_confidence=hit.similarity < s.low_score,
+                frame_s=float(index.crop_time[best_crop]),
+                bbox=tuple(float(v) for v in index.crop_bbox[best_crop]),
+                similarity=similarity, confidence=confidence, low_confidence=confidence < s.low_score,
             ))
         progress(Progress("search", 1, 1, "step"))
         return SearchResponse(
             movie=index.info.name, slug=index.info.slug, results=results, query_crops=len(crops),
             whole_image_queries=whole, aggregation=method, elapsed_s=time.perf_counter() - started,
         )
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def _pick_channels(available: Sequence[str], wanted: Sequence[str] | None) -> list[str]:
+    if not wanted:
+        return list(available)
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise BadInputError(
+            f"this index has no {missing[0]!r} channel (it has {', '.join(available)}); re-index with "
+            f"--channels {','.join(dict.fromkeys([*available, *missing]))}."
+        )
+    return list(dict.fromkeys(wanted))
 
 
 def _select(people: list[Person], select, label: str) -> list[Person]:

@@ -14,13 +14,15 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from . import calibration
+from .channels import Channel
 from .detector import PersonDetector
-from .embedders import Embedder
 from .errors import BadInputError
 from .naming import clean_name, slugify
 from .settings import Settings
 from .sources import SampledFrame, _shot_targets, open_source
 from .store import CropRow, IndexWriter, movie_info, read_manifest, tidy_index_dir
+from .tracks import ShotTracker
 from .types import IndexReport, Progress, ProgressCallback, Shot
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ class _ShotState:
     """What the indexer remembers about the shot being processed."""
 
     shot: Shot
+    tracker: ShotTracker
     kept: list[np.ndarray] = field(default_factory=list)  # embeddings kept, for de-duplication
     persons: int = 0
     thumb: np.ndarray | None = None
@@ -67,10 +70,16 @@ def dedup_mask(vectors: np.ndarray, kept: list[np.ndarray], threshold: float) ->
 
 
 class Indexer:
-    def __init__(self, settings: Settings, detector: PersonDetector, embedder: Embedder) -> None:
+    def __init__(self, settings: Settings, detector: PersonDetector, channels: list[Channel]) -> None:
+        if not channels:
+            raise ValueError("an index needs at least one channel")
         self.settings = settings
         self.detector = detector
-        self.embedder = embedder
+        self.channels = channels
+        # The first body channel de-duplicates crops and helps link tracks; a face-only index
+        # keeps every crop and links tracks by box overlap alone.
+        self.primary = next((c for c in channels if c.kind == "body"), None)
+        self._next_track = 1
 
     def run(self, source_path: Path, movie: str, progress: ProgressCallback) -> IndexReport:
         s = self.settings
@@ -102,8 +111,8 @@ class Indexer:
                 "source": {"kind": source.kind, "path": str(Path(source_path).resolve()),
                            "size": _size_of(Path(source_path))},
                 "duration_s": float(source.duration_s),
-                "embedder": self.embedder.name,
-                "channels": {self.embedder.name: {"model": self.embedder.model_name}},
+                "embedder": (self.primary or self.channels[0]).name,
+                "channels": {c.name: {"model": c.model_name, "kind": c.kind} for c in self.channels},
                 "detector": {"model": self.detector.name, "classes": self.detector.classes,
                              "conf": self.detector.conf, "imgsz": self.detector.imgsz},
                 "settings": {"sample_fps": s.sample_fps, "frames_fps": s.frames_fps,
@@ -118,7 +127,9 @@ class Indexer:
                 progress(Progress("write", 0, 1, "index"))
                 manifest["seconds"] = dict(timer.seconds)
                 manifest["elapsed_s"] = time.perf_counter() - started
-                final = writer.commit(manifest, s.faiss_index, {self.embedder.name: self.embedder.dim})
+                for channel, calib in writer.calibrate(calibration.fit).items():
+                    manifest["channels"][channel]["calibration"] = calib.to_json()
+                final = writer.commit(manifest, s.faiss_index, {c.name: c.dim for c in self.channels})
                 progress(Progress("write", 1, 1, "index"))
         except BaseException:
             # Ctrl-C included: the half-built folder goes, the previous index stays.
@@ -182,7 +193,10 @@ class Indexer:
         crops: list[Image.Image] = []
         rows: list[CropRow] = []
         for frame, dets in zip(batch, detections):
-            state = states.setdefault(frame.shot_id, _ShotState(by_id[frame.shot_id]))
+            if frame.shot_id not in states:
+                tracker = ShotTracker(self._next_track, iou_min=s.track_iou)
+                states[frame.shot_id] = _ShotState(by_id[frame.shot_id], tracker)
+            state = states[frame.shot_id]
             best = max((d.score for d in dets), default=0.0)
             if state.thumb is None or best > state.thumb_score:
                 state.thumb, state.thumb_score, state.thumb_time = frame.image, best, frame.time_s
@@ -194,19 +208,57 @@ class Indexer:
                 crops.append(image.crop((int(x1), int(y1), int(np.ceil(x2)), int(np.ceil(y2)))))
                 rows.append(CropRow(frame.shot_id, frame.frame_index, frame.time_s, det.bbox, det.score))
         if crops:
-            with timer("embed"):
-                vectors = self.embedder.embed(crops)
-            keep = np.ones(len(rows), dtype=bool)
-            if s.dedup:
-                for sid in {r.shot_id for r in rows}:
-                    idx = np.array([i for i, r in enumerate(rows) if r.shot_id == sid])
-                    keep[idx] = dedup_mask(vectors[idx], states[sid].kept, s.dedup_threshold)
+            keep = self._embed_and_store(batch, detections, crops, rows, states, writer, timer)
             counts["duplicates_dropped"] += int((~keep).sum())
             counts["crops_kept"] += int(keep.sum())
-            writer.add_crops([r for r, k in zip(rows, keep) if k], {self.embedder.name: vectors[keep]})
         # Frames arrive in shot order: shots before the batch's last one are complete.
         for sid in [sid for sid in states if sid < batch[-1].shot_id]:
             finish_shot(states.pop(sid))
+
+    def _embed_and_store(self, batch, detections, crops, rows, states, writer, timer) -> np.ndarray:
+        """Track, de-duplicate and embed one batch's crops; returns which crops were kept."""
+        s = self.settings
+        primary_vecs = None
+        if self.primary is not None:
+            with timer(f"embed_{self.primary.name}"):
+                primary_vecs = self.primary.encode(crops).vectors
+        # Tracks are linked on every detection, before de-duplication thins them out.
+        start = 0
+        track_ids: list[int] = []
+        for frame, dets in zip(batch, detections):
+            stop = start + len(dets)
+            if dets:
+                tracker = states[frame.shot_id].tracker
+                boxes = np.array([d.bbox for d in dets], dtype=np.float64)
+                track_ids += tracker.update(boxes, None if primary_vecs is None else primary_vecs[start:stop])
+                self._next_track = max(self._next_track, tracker.next_id)
+            start = stop
+        for state in states.values():
+            state.tracker.next_id = max(state.tracker.next_id, self._next_track)
+        keep = np.ones(len(rows), dtype=bool)
+        if s.dedup and primary_vecs is not None:
+            for sid in {r.shot_id for r in rows}:
+                idx = np.array([i for i, r in enumerate(rows) if r.shot_id == sid])
+                keep[idx] = dedup_mask(primary_vecs[idx], states[sid].kept, s.dedup_threshold)
+        kept = np.flatnonzero(keep)
+        kept_crops = [crops[i] for i in kept]
+        encoded = {}
+        faces: list[tuple[int, tuple[float, float, float, float]]] = []
+        for channel in self.channels:
+            if channel is self.primary:
+                encoded[channel.name] = (primary_vecs[kept], np.arange(len(kept)))
+                continue
+            with timer(f"embed_{channel.name}"):
+                enc = channel.encode(kept_crops)
+            encoded[channel.name] = (enc.vectors, enc.rows)
+            if channel.kind == "face" and enc.boxes:
+                for local, (fx1, fy1, fx2, fy2) in zip(enc.rows, enc.boxes):
+                    x1, y1 = (int(v) for v in rows[kept[local]].bbox[:2])
+                    faces.append((int(local), (x1 + fx1, y1 + fy1, x1 + fx2, y1 + fy2)))
+        kept_rows = [CropRow(rows[i].shot_id, rows[i].frame_index, rows[i].frame_s, rows[i].bbox,
+                             rows[i].det_score, track_ids[i]) for i in kept]
+        writer.add_crops(kept_rows, encoded, faces)
+        return keep
 
 
 def _size_of(path: Path) -> int:

@@ -12,6 +12,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EmbedderName = Literal["dinov2", "clip"]
+BODY_CHANNELS = ("dinov2", "clip", "osnet")
+CHANNELS = (*BODY_CHANNELS, "face")
 Aggregation = Literal["max", "frequency", "rrf"]
 FaissKind = Literal["flat", "ivf", "hnsw"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -44,6 +46,19 @@ class Settings(BaseSettings):
     dinov2_model: str = "facebook/dinov2-small"
     clip_model: str = "openai/clip-vit-base-patch16"
     embed_batch: int = Field(32, ge=1)
+    # Embedding channels an index holds, comma-separated, from dinov2, clip, osnet, face.
+    # Empty: the embedder above alone. The first body channel drives de-duplication and tracks.
+    channels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # OSNet person re-identification model (ONNX, 256x128 input).
+    osnet_model: str = "models/osnet_x0_25_msmt17.onnx"
+    # Face detector used inside person crops: hog or cnn (dlib's, bundled with the face extra)
+    # or the path of a YuNet .onnx file (OpenCV Zoo; finds smaller and turned faces).
+    face_detector: str = "hog"
+    min_face_px: int = Field(20, ge=4)
+    # Link each person's detections across a shot's sampled frames (box overlap + appearance),
+    # so that a confident face match lifts the whole track.
+    tracks: bool = True
+    track_iou: float = Field(0.3, ge=0.0, le=1.0)
 
     device: DeviceName = "auto"
     # Torch intra-op threads; 0 keeps torch's default (all cores).
@@ -68,13 +83,25 @@ class Settings(BaseSettings):
     search_k: int = Field(500, ge=1)
     aggregation: Aggregation = "max"
     rrf_k: int = Field(60, ge=1)
-    # Scores under this are reported as low confidence (the bot marks them).
+    # Results whose calibrated confidence is under this are low confidence (the bot marks them).
     low_score: float = Field(0.5, ge=0.0, le=1.0)
     index_cache_size: int = Field(4, ge=1)
     # Larger query images are refused before decoding (decompression bombs) ...
     max_image_pixels: int = Field(80_000_000, ge=1)
     # ... and images over this long side are downscaled before detection.
     max_query_side: int = Field(2048, ge=64)
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _split_channels(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [p.strip().lower() for p in value.split(",") if p.strip()]
+        if isinstance(value, (list, tuple)):
+            unknown = [v for v in value if v not in CHANNELS]
+            if unknown:
+                raise ValueError(f"unknown channel {unknown[0]!r}; choose from {', '.join(CHANNELS)}")
+            return list(dict.fromkeys(value))
+        return value
 
     @field_validator("person_classes", mode="before")
     @classmethod
@@ -89,7 +116,14 @@ class Settings(BaseSettings):
         return value
 
     def embedder_model(self) -> str:
-        return self.dinov2_model if self.embedder == "dinov2" else self.clip_model
+        return self.model_for(self.embedder)
+
+    def model_for(self, channel: str) -> str:
+        return {"dinov2": self.dinov2_model, "clip": self.clip_model, "osnet": self.osnet_model,
+                "face": self.face_detector}[channel]
+
+    def index_channels(self) -> list[str]:
+        return list(self.channels) or [self.embedder]
 
     def resolve_device(self) -> str:
         if self.device != "auto":

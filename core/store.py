@@ -26,12 +26,13 @@ import faiss
 import numpy as np
 from PIL import Image
 
+from .calibration import Calibration
 from .errors import IndexCorruptError
 from .types import MovieInfo, Shot
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 META = "meta.sqlite"
 BUILDING_PREFIX = ".building-"
@@ -58,9 +59,14 @@ CREATE TABLE crops (
     frame_index INTEGER NOT NULL,
     frame_s REAL NOT NULL,
     x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
-    det_score REAL NOT NULL
+    det_score REAL NOT NULL,
+    track_id INTEGER NOT NULL
 );
 CREATE INDEX crops_shot ON crops(shot_id);
+CREATE TABLE faces (
+    crop_id INTEGER PRIMARY KEY REFERENCES crops(id),
+    x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL
+);
 """
 
 
@@ -71,6 +77,7 @@ class CropRow:
     frame_s: float
     bbox: tuple[float, float, float, float]
     det_score: float
+    track_id: int = -1  # assigned by the tracker
 
 
 def build_faiss(vectors: np.ndarray, ids: np.ndarray, kind: str) -> tuple[faiss.Index, str]:
@@ -115,6 +122,7 @@ class IndexWriter:
         self.db.executescript(_SCHEMA)
         self._vectors: dict[str, list[np.ndarray]] = {}
         self._ids: dict[str, list[np.ndarray]] = {}
+        self._crop_meta: list[tuple] = []  # frame index, shot id, box per crop
         self._next_crop = 0
 
     def add_shot(self, shot: Shot, thumbnail: np.ndarray, thumb_frame_s: float, persons: int, thumb_px: int) -> None:
@@ -128,16 +136,33 @@ class IndexWriter:
              shot.start_s, shot.end_s, name, thumb_frame_s, persons),
         )
 
-    def add_crops(self, rows: list[CropRow], vectors: dict[str, np.ndarray]) -> None:
+    def add_crops(self, rows: list[CropRow], vectors: dict[str, tuple[np.ndarray, np.ndarray]],
+                  faces: list[tuple[int, tuple[float, float, float, float]]] = ()) -> None:
+        """`vectors`: per channel, the vectors and which of `rows` they belong to (a face channel
+        covers only the crops with a face); `faces`: (row, face box in frame pixels)."""
         ids = np.arange(self._next_crop, self._next_crop + len(rows), dtype=np.int64)
         self._next_crop += len(rows)
         self.db.executemany(
-            "INSERT INTO crops VALUES (?,?,?,?,?,?,?,?,?)",
-            [(int(i), r.shot_id, r.frame_index, r.frame_s, *r.bbox, r.det_score) for i, r in zip(ids, rows)],
+            "INSERT INTO crops VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(int(i), r.shot_id, r.frame_index, r.frame_s, *r.bbox, r.det_score, r.track_id) for i, r in zip(ids, rows)],
         )
-        for channel, vecs in vectors.items():
+        self.db.executemany("INSERT INTO faces VALUES (?,?,?,?,?)", [(int(ids[row]), *box) for row, box in faces])
+        for channel, (vecs, which) in vectors.items():
             self._vectors.setdefault(channel, []).append(np.asarray(vecs, dtype=np.float32))
-            self._ids.setdefault(channel, []).append(ids)
+            self._ids.setdefault(channel, []).append(ids[np.asarray(which, dtype=np.int64)])
+        self._crop_meta.extend((r.frame_index, r.shot_id, *r.bbox) for r in rows)
+
+    def calibrate(self, fit) -> dict[str, object]:
+        """Per channel, `fit(vectors, frames, boxes, shots)` over everything added so far."""
+        meta = np.asarray(self._crop_meta, dtype=np.float64).reshape(-1, 6)
+        out = {}
+        for channel, parts in self._vectors.items():
+            ids = np.concatenate(self._ids[channel])
+            if len(ids) < 2:
+                continue
+            out[channel] = fit(np.concatenate(parts), meta[ids, 0].astype(np.int64), meta[ids, 2:6],
+                               meta[ids, 1].astype(np.int64))
+        return out
 
     def commit(self, manifest: dict, faiss_kind: str, dims: dict[str, int]) -> Path:
         self.db.commit()
@@ -247,6 +272,7 @@ def movie_info(path: Path, manifest: dict) -> MovieInfo:
         embedder_model=spec.get("model", ""),
         dim=int(spec["dim"]),
         source=manifest.get("source", {}).get("path", ""),
+        channels=tuple(manifest["channels"]),
         built_at=manifest.get("built_at", ""),
         build_id=manifest["build_id"],
     )
@@ -282,9 +308,11 @@ class MovieIndex:
         try:
             self.info = movie_info(path, manifest)
             self.faiss: dict[str, faiss.Index] = {}
+            self.calibration: dict[str, Calibration] = {}
             for channel, spec in manifest["channels"].items():
                 data = np.fromfile(path / spec["file"], dtype=np.uint8)
                 self.faiss[channel] = faiss.deserialize_index(data)
+                self.calibration[channel] = Calibration.from_json(spec.get("calibration"))
             self._load_meta(path / META)
         except (OSError, KeyError, RuntimeError, sqlite3.Error, ValueError) as exc:
             raise IndexCorruptError(
@@ -302,15 +330,18 @@ class MovieIndex:
                 shot = Shot(*row[:7])
                 self.shots[shot.id] = shot
                 self.thumbnails[shot.id] = (self.path / row[7]).resolve()
-            rows = db.execute("SELECT id, shot_id, frame_s, x1, y1, x2, y2 FROM crops ORDER BY id").fetchall()
+            rows = db.execute("SELECT id, shot_id, frame_s, x1, y1, x2, y2, track_id FROM crops ORDER BY id").fetchall()
+            faces = db.execute("SELECT crop_id, x1, y1, x2, y2 FROM faces").fetchall()
         finally:
             db.close()
-        table = np.asarray(rows, dtype=np.float64).reshape(-1, 7)
+        table = np.asarray(rows, dtype=np.float64).reshape(-1, 8)
         if len(table) and not np.array_equal(table[:, 0], np.arange(len(table))):
             raise ValueError("crop ids are not contiguous")
         self.crop_shot = table[:, 1].astype(np.int64)
         self.crop_time = table[:, 2]
         self.crop_bbox = table[:, 3:7]
+        self.crop_track = table[:, 7].astype(np.int64)
+        self.face_box = {int(r[0]): tuple(r[1:]) for r in faces}
 
     def search(self, channel: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         index = self.faiss[channel]

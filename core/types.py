@@ -46,8 +46,9 @@ class ShotResult:
     thumbnail: str  # absolute path of the shot's JPEG thumbnail
     frame_s: float  # time of the best-matching person's frame
     bbox: BBox  # box of the best-matching person in that frame
-    similarity: float  # best cosine similarity behind the result, whatever the aggregation
-    low_confidence: bool  # similarity under the low-score setting: show it as a weak match
+    similarity: float  # best raw cosine similarity behind the result, whatever the aggregation
+    confidence: float  # calibrated probability that this is the queried person (core.calibration)
+    low_confidence: bool  # confidence under the low-score setting: show it as a weak match
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -56,6 +57,7 @@ class ShotResult:
         data["start_s"] = round(self.start_s, 3)
         data["end_s"] = round(self.end_s, 3)
         data["frame_s"] = round(self.frame_s, 3)
+        data["confidence"] = round(self.confidence, 4)
         return data
 
 
@@ -71,7 +73,7 @@ class SearchResponse:
 
     def to_json(self) -> dict:
         """The stable machine-readable form printed by `castfinder search --json`."""
-        keys = ("rank", "shot", "scene", "start_s", "end_s", "score", "thumbnail", "frame_s", "bbox")
+        keys = ("rank", "shot", "scene", "start_s", "end_s", "score", "thumbnail", "frame_s", "bbox", "confidence")
         return {
             "movie": self.movie,
             "results": [{k: r.to_json()[k] for k in keys} for r in self.results],
@@ -93,6 +95,7 @@ class MovieInfo:
     source: str
     built_at: str
     build_id: str
+    channels: tuple[str, ...] = ()
 
 
 @dataclass

@@ -1,0 +1,83 @@
+"""Making similarities comparable across channels, without labels.
+
+Raw cosine similarities mean different things per channel: 0.87 is a weak face match (dlib
+vectors of different people sit near 0.88) and a strong body match. Each index learns, per
+channel, *different-identity* statistics from the movie itself: pairs of people seen side by side
+in the same frame are two identities (boxes that overlap are left out: a detector's double boxes
+around one person are not two people). A similarity becomes a z-score, how many standard
+deviations it sits above the typical similarity of two different people in this movie, and a
+logistic link turns z into a confidence: `sigmoid(a·z + b)`. The link's defaults put 50% at
+z = 2 (see docs/EVALUATION.md for how they hold up against labelled footage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+_MIN_PAIRS = 12
+_MAX_PAIRS = 20000
+
+
+@dataclass(frozen=True)
+class Calibration:
+    neg_mean: float
+    neg_std: float
+    a: float = 2.0
+    b: float = -4.0  # 50% at z = 2: two standard deviations above two different people
+    negatives: int = 0
+
+    def z(self, sims: np.ndarray) -> np.ndarray:
+        return (np.asarray(sims, dtype=np.float64) - self.neg_mean) / self.neg_std
+
+    def logit(self, z: np.ndarray) -> np.ndarray:
+        return self.a * np.asarray(z) + self.b
+
+    def to_json(self) -> dict:
+        return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict | None, default_neg: tuple[float, float] = (0.5, 0.15)) -> "Calibration":
+        if not data:
+            return cls(*default_neg)
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def fit(vectors: np.ndarray, frames: np.ndarray, boxes: np.ndarray, shots: np.ndarray, seed: int = 0) -> Calibration:
+    """Calibrate one channel from its vectors and their crops' frame ids, boxes and shot ids."""
+    rng = np.random.default_rng(seed)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    neg = _side_by_side(vectors, frames, boxes)
+    if len(neg) < _MIN_PAIRS and len(vectors) >= 2:
+        # Few frames with two people: pairs from different shots stand in (mostly other people).
+        i = rng.integers(0, len(vectors), size=min(4000, len(vectors) ** 2))
+        j = rng.integers(0, len(vectors), size=len(i))
+        keep = shots[i] != shots[j]
+        neg = np.einsum("ij,ij->i", vectors[i[keep]], vectors[j[keep]]).astype(np.float64)
+    if len(neg) < _MIN_PAIRS:
+        return Calibration(0.5, 0.15, negatives=int(len(neg)))
+    if len(neg) > _MAX_PAIRS:
+        neg = rng.choice(neg, _MAX_PAIRS, replace=False)
+    return Calibration(float(np.mean(neg)), float(max(np.std(neg), 0.02)), negatives=int(len(neg)))
+
+
+def _side_by_side(vectors: np.ndarray, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Similarities of pairs of crops from the same frame whose boxes do not overlap."""
+    from .tracks import iou
+
+    order = np.argsort(frames, kind="stable")
+    bounds = np.flatnonzero(np.diff(frames[order])) + 1
+    sims: list[np.ndarray] = []
+    total = 0
+    for members in np.split(order, bounds):
+        if len(members) < 2:
+            continue
+        iu = np.triu_indices(len(members), 1)
+        apart = iou(boxes[members], boxes[members])[iu] < 0.05
+        block = (vectors[members] @ vectors[members].T)[iu][apart]
+        sims.append(block.astype(np.float64))
+        total += len(block)
+        if total > _MAX_PAIRS:
+            break
+    return np.concatenate(sims) if sims else np.zeros(0)
