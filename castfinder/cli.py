@@ -15,6 +15,8 @@ from typing import Iterator, Sequence
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from castfinder import eval_cmd  # noqa: E402  (stdlib-only at import time)
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path)
     p.add_argument("--save", type=Path, help="write the image with numbered boxes here (JPEG)")
 
+    eval_cmd.add_parser(sub, [flags])
     sub.add_parser("bot", help="run the Telegram bot (long polling)", add_help=False)
     return parser
 
@@ -292,7 +295,7 @@ def cmd_people(args, settings) -> int:
     return 0
 
 
-COMMANDS = {"index": cmd_index, "movies": cmd_movies, "search": cmd_search, "people": cmd_people}
+COMMANDS = {"index": cmd_index, "movies": cmd_movies, "search": cmd_search, "people": cmd_people, "eval": eval_cmd.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

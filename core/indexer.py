@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import platform
 import re
@@ -79,7 +80,7 @@ class Indexer:
         # The first body channel de-duplicates crops and helps link tracks; a face-only index
         # keeps every crop and links tracks by box overlap alone.
         self.primary = next((c for c in channels if c.kind == "body"), None)
-        self._next_track = 1
+        self._track_ids = itertools.count(1)  # shared by every shot's tracker: ids unique in the movie
 
     def run(self, source_path: Path, movie: str, progress: ProgressCallback) -> IndexReport:
         s = self.settings
@@ -194,7 +195,7 @@ class Indexer:
         rows: list[CropRow] = []
         for frame, dets in zip(batch, detections):
             if frame.shot_id not in states:
-                tracker = ShotTracker(self._next_track, iou_min=s.track_iou)
+                tracker = ShotTracker(self._track_ids, iou_min=s.track_iou)
                 states[frame.shot_id] = _ShotState(by_id[frame.shot_id], tracker)
             state = states[frame.shot_id]
             best = max((d.score for d in dets), default=0.0)
@@ -231,10 +232,7 @@ class Indexer:
                 tracker = states[frame.shot_id].tracker
                 boxes = np.array([d.bbox for d in dets], dtype=np.float64)
                 track_ids += tracker.update(boxes, None if primary_vecs is None else primary_vecs[start:stop])
-                self._next_track = max(self._next_track, tracker.next_id)
             start = stop
-        for state in states.values():
-            state.tracker.next_id = max(state.tracker.next_id, self._next_track)
         keep = np.ones(len(rows), dtype=bool)
         if s.dedup and primary_vecs is not None:
             for sid in {r.shot_id for r in rows}:

@@ -7,7 +7,9 @@ SORT-style trackers at a few frames per second.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -41,9 +43,10 @@ class _Track:
 
 @dataclass
 class ShotTracker:
-    """Tracks of one shot. Feed frames in time order; returns a track id per detection."""
+    """Tracks of one shot. Feed frames in time order; returns a track id per detection.
+    `ids` hands out track ids; share one between shots so that ids are unique in a movie."""
 
-    next_id: int
+    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     iou_min: float = 0.3
     frame_no: int = 0
     active: list[_Track] = field(default_factory=list)
@@ -70,7 +73,6 @@ class ShotTracker:
                 score[:, t] = -np.inf
         for d in range(len(boxes)):
             if ids[d] == -1:
-                ids[d] = self.next_id
-                self.active.append(_Track(self.next_id, boxes[d], None if vectors is None else vectors[d], self.frame_no))
-                self.next_id += 1
+                ids[d] = next(self.ids)
+                self.active.append(_Track(ids[d], boxes[d], None if vectors is None else vectors[d], self.frame_no))
         return ids

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +26,14 @@ def _unit(v) -> np.ndarray:
 
 
 def test_a_person_walking_through_a_shot_keeps_one_track() -> None:
-    tracker = ShotTracker(next_id=10)
+    tracker = ShotTracker(itertools.count(10))
     look = _unit([1, 0, 0])
     ids = [tracker.update(np.array([[10.0 + 15 * i, 10, 60 + 15 * i, 110]]), look[None])[0] for i in range(5)]
     assert ids == [10] * 5
 
 
 def test_two_people_crossing_keep_their_own_tracks() -> None:
-    tracker = ShotTracker(next_id=1)
+    tracker = ShotTracker()
     a, b = _unit([1, 0, 0]), _unit([0, 1, 0])
     first = tracker.update(np.array([[0.0, 0, 50, 100], [100, 0, 150, 100]]), np.stack([a, b]))
     # They meet in the middle: the boxes overlap both old boxes equally; appearance decides.
@@ -40,7 +42,7 @@ def test_two_people_crossing_keep_their_own_tracks() -> None:
 
 
 def test_a_track_survives_a_missed_detection_but_not_a_long_absence() -> None:
-    tracker = ShotTracker(next_id=1)
+    tracker = ShotTracker()
     box, look = np.array([[0.0, 0, 50, 100]]), _unit([1, 0])[None]
     first = tracker.update(box, look)[0]
     tracker.update(np.zeros((0, 4)), None)

@@ -63,6 +63,9 @@ def test_indexing_a_video_builds_shots_thumbnails_and_a_manifest(engine: Engine,
     # Every sampled frame lies inside its shot, at least one per shot.
     rows = db.execute("SELECT c.frame_s, s.start_s, s.end_s FROM crops c JOIN shots s ON s.id = c.shot_id").fetchall()
     assert rows and all(start <= t < end for t, start, end in rows)
+    # A track is one person inside one shot: never shared between shots.
+    tracks = db.execute("SELECT track_id, COUNT(DISTINCT shot_id) FROM crops GROUP BY track_id").fetchall()
+    assert tracks and all(n == 1 for _, n in tracks)
     manifest = json.loads((info.path / "manifest.json").read_text())
     assert manifest["complete"] is True and manifest["embedder"] == "dinov2"
     assert manifest["channels"]["dinov2"]["dim"] == 32 and manifest["channels"]["dinov2"]["vectors"] == report.crops_kept
