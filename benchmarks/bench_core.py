@@ -113,13 +113,16 @@ def main() -> int:
               f"{report.crops_kept} kept after dedup")
         print(f"  total {wall:.1f} s = {report.frames_sampled / wall:.2f} frames/s, "
               f"{report.persons_detected / wall:.2f} crops/s")
-        rates = {"decode": (report.frames_sampled, "sampled frames"), "detect": (report.frames_sampled, "frames"),
-                 "embed": (report.persons_detected, "crops")}
-        for stage in ("shots", "decode", "detect", "embed", "write"):
+        rates = {"decode": (report.frames_sampled, "sampled frames"), "detect": (report.frames_sampled, "frames")}
+        embeds = [k for k in sec if k.startswith("embed_")]
+        # The first channel embeds every detection; later ones only the crops kept after de-duplication.
+        for k in embeds:
+            rates[k] = (report.persons_detected if k == embeds[0] else report.crops_kept, "crops")
+        for stage in ("shots", "decode", "detect", *embeds, "write"):
             t = sec.get(stage, 0.0)
             count, unit = rates.get(stage, (0, ""))
             rate = f"{count / t:.1f} {unit}/s" if t > 0 and count else ("(every frame of the video)" if stage == "shots" else "")
-            print(f"  {stage:<7} {t:7.2f} s  {rate}")
+            print(f"  {stage:<13} {t:7.2f} s  {rate}")
         print()
 
     crops = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (256, 128, 3), dtype=np.uint8))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import platform
 import re
 import shlex
 import sys
@@ -77,6 +76,7 @@ def run(args: argparse.Namespace, settings) -> int:
     from castfinder import cli
     from core import BadInputError, Engine, QueryImage
     from core.evaluation import DEFAULT_KS, collect_queries, load_ground_truth, mean_average_precision, score_ranking
+    from core.versions import library_versions
 
     started = time.perf_counter()
     if args.top < 1:
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace, settings) -> int:
             "ties": args.ties, "search_k": settings.search_k,
             "settings": settings.model_dump(mode="json"),
             "index_manifest": index.manifest,
-            "versions": _versions(),
+            "versions": library_versions(),
         },
         "ground_truth": {"path": str(Path(args.ground_truth).resolve()), "forms": truth.forms,
                          "rows_of_other_movies": truth.skipped_rows,
@@ -279,16 +279,6 @@ def _command_line(args, settings, method: str) -> str:
     return shlex.join(parts)
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("castfinder", "torch", "transformers", "ultralytics", "faiss-cpu", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def _progress(total: int):

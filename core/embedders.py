@@ -48,12 +48,22 @@ class _HFEmbedder(Embedder):
         self._lock = threading.Lock()
         self.dim = int(self.embed([Image.new("RGB", (32, 64))]).shape[1])
 
+    classes: tuple[str, str]  # transformers' image processor and model classes
+
     def _load(self, model: str):
-        raise NotImplementedError
+        import transformers
+
+        processor_cls, model_cls = (getattr(transformers, name) for name in self.classes)
+        source = self._source(model)
+        try:
+            return processor_cls.from_pretrained(source), model_cls.from_pretrained(source)
+        except (OSError, ValueError) as exc:
+            raise self._fail(model, exc) from exc
 
     def _fail(self, model: str, exc: Exception) -> ModelNotFoundError:
-        local = Path(model).expanduser()
-        reason = "no such folder" if ("/" in model and model.startswith((".", "/", "~"))) and not local.exists() else str(exc).splitlines()[0]
+        looks_local = model.startswith((".", "/", "~"))
+        missing = looks_local and not Path(model).expanduser().exists()
+        reason = "no such folder" if missing else str(exc).splitlines()[0]
         return ModelNotFoundError(f"{self.name} model", model, self.setting, reason)
 
     def _source(self, model: str) -> str:
@@ -80,17 +90,7 @@ class _HFEmbedder(Embedder):
 class Dinov2Embedder(_HFEmbedder):
     name = "dinov2"
     setting = "CASTFINDER_DINOV2_MODEL"
-
-    def _load(self, model: str):
-        from transformers import AutoImageProcessor, AutoModel
-
-        source = self._source(model)
-        try:
-            processor = AutoImageProcessor.from_pretrained(source)
-            net = AutoModel.from_pretrained(source)
-        except (OSError, ValueError) as exc:
-            raise self._fail(model, exc) from exc
-        return processor, net
+    classes = ("AutoImageProcessor", "AutoModel")
 
     def _forward(self, pixel_values):
         # The design's embedding: the mean over all tokens of the last hidden state.
@@ -100,17 +100,7 @@ class Dinov2Embedder(_HFEmbedder):
 class ClipEmbedder(_HFEmbedder):
     name = "clip"
     setting = "CASTFINDER_CLIP_MODEL"
-
-    def _load(self, model: str):
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-        source = self._source(model)
-        try:
-            processor = CLIPImageProcessor.from_pretrained(source)
-            net = CLIPVisionModelWithProjection.from_pretrained(source)
-        except (OSError, ValueError) as exc:
-            raise self._fail(model, exc) from exc
-        return processor, net
+    classes = ("CLIPImageProcessor", "CLIPVisionModelWithProjection")
 
     def _forward(self, pixel_values):
         return self._model(pixel_values=pixel_values).image_embeds

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import platform
 import re
 import time
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from .sources import SampledFrame, _shot_targets, open_source
 from .store import CropRow, IndexWriter, movie_info, read_manifest, tidy_index_dir
 from .tracks import ShotTracker
 from .types import IndexReport, Progress, ProgressCallback, Shot
+from .versions import library_versions
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Indexer:
                              "faiss_index": s.faiss_index},
                 "counts": {"shots": len(shots), **counts},
                 "warnings": source.warnings,
-                "versions": _versions(),
+                "versions": library_versions(),
             }
             with timer("write"):
                 progress(Progress("write", 0, 1, "index"))
@@ -265,13 +265,3 @@ def _size_of(path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("castfinder", "torch", "transformers", "ultralytics", "faiss-cpu", "scenedetect"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
