@@ -181,7 +181,7 @@ def test_a_face_match_lifts_the_whole_track() -> None:
     assert [f.shot_id for f in by_crop] == [2, 1]
     assert [f.shot_id for f in by_track] == [1, 2]
     assert by_track[0].best_crop == 1  # located at the body's best view of the person
-    assert by_track[0].confidence == pytest.approx(1 / (1 + np.exp(-((2 * 1.5 - 4) + (2 * 4 - 4)) / 2)))
+    assert by_track[0].confidence == pytest.approx(1 / (1 + np.exp(-((2 * 1.5 - 3) + (2 * 4 - 3)) / 2)))
 
 
 @pytest.mark.slow
