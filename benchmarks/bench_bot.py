@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 for key, value in {"HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                   "TRANSFORMERS_VERBOSITY": "error", "YOLO_CONFIG_DIR": tempfile.mkdtemp()}.items():
+                   "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "YOLO_CONFIG_DIR": tempfile.mkdtemp()}.items():
     os.environ.setdefault(key, value)
 
 SHARED = Path(os.environ.get("CASTFINDER_SHARED", REPO.parent / "shared"))
@@ -92,7 +92,8 @@ async def scenario(srv, images: int, users: int, rounds: int, photos: list[bytes
             def answered(calls) -> bool:
                 return any(c.method == "sendMessage" and c.params.get("chat_id") == uid
                            and (c.params.get("reply_parameters") or {}).get("message_id") in asked
-                           and "shots" in c.params.get("text", "") for c in calls)
+                           and ("best shots" in c.params.get("text", "") or "closest shots" in c.params.get("text", ""))
+                           for c in calls)
 
             await srv.wait_until(answered, timeout=300)
             latencies.append(time.perf_counter() - start)
