@@ -1,0 +1,58 @@
+"""Nothing a user sends may crash the bot: the last line of defence around every update."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import suppress
+from typing import Any, Awaitable, Callable
+
+from aiogram import BaseMiddleware
+from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramForbiddenError
+from aiogram.types import ReplyParameters, TelegramObject, Update
+
+from core import CastfinderError
+
+from .. import texts
+
+log = logging.getLogger(__name__)
+
+
+class ErrorsMiddleware(BaseMiddleware):
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        try:
+            return await handler(event, data)
+        except TelegramForbiddenError as exc:
+            # The user blocked the bot or removed it from the group: nothing to tell anyone.
+            chat = data.get("event_chat")
+            log.info("chat %s is closed to the bot (%s); update skipped", getattr(chat, "id", "?"), exc.message)
+        except CastfinderError as exc:
+            # Raised on purpose by the engine with a message written for users.
+            await self._tell(event, data, texts.esc(exc))
+        except TelegramBadRequest as exc:
+            log.warning("Telegram refused a request while handling update %s: %s",
+                        getattr(event, "update_id", "?"), exc.message)
+        except Exception:
+            log.exception("unexpected error handling update %s", getattr(event, "update_id", "?"))
+            await self._tell(event, data, texts.internal_error())
+        return None
+
+    @staticmethod
+    async def _tell(event: TelegramObject, data: dict[str, Any], text: str) -> None:
+        chat = data.get("event_chat")
+        bot = data.get("bot")
+        if chat is None or bot is None:
+            return
+        thread_id = data.get("event_thread_id")
+        reply = None
+        if isinstance(event, Update) and event.message is not None:
+            reply = ReplyParameters(message_id=event.message.message_id, allow_sending_without_reply=True)
+        with suppress(TelegramAPIError):
+            if isinstance(event, Update) and event.callback_query is not None:
+                with suppress(TelegramAPIError):
+                    await event.callback_query.answer()
+            await bot.send_message(chat.id, text, message_thread_id=thread_id, reply_parameters=reply)

@@ -1,0 +1,150 @@
+"""Who may run a query now: a per-user rate limit and a queue in front of the engine workers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Callable
+
+
+class RateLimiter:
+    """At most `per_minute` hits per user in any sliding 60-second window (0 = no limit)."""
+
+    def __init__(self, per_minute: int, *, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.window_s = window_s
+        self._clock = clock
+        self._hits: dict[int, deque[float]] = {}
+        self._warned_until: dict[int, float] = {}
+
+    def hit(self, user_id: int) -> float:
+        """Record a hit; returns 0 when allowed, else the seconds until the next one would be."""
+        if self.per_minute <= 0:
+            return 0.0
+        now = self._clock()
+        hits = self._hits.setdefault(user_id, deque())
+        while hits and hits[0] <= now - self.window_s:
+            hits.popleft()
+        if len(hits) >= self.per_minute:
+            return max(0.01, hits[0] + self.window_s - now)
+        hits.append(now)
+        if len(self._hits) > 10_000:
+            self._forget_idle(now)
+        return 0.0
+
+    def should_warn(self, user_id: int, retry_in: float) -> bool:
+        """Whether to tell the user about a refusal: once per blocked span, so that someone
+        flooding the bot does not make it flood the chat back."""
+        now = self._clock()
+        if self._warned_until.get(user_id, 0.0) > now:
+            return False
+        self._warned_until[user_id] = now + retry_in
+        return True
+
+    def _forget_idle(self, now: float) -> None:
+        for uid in [u for u, h in self._hits.items() if not h or h[-1] <= now - self.window_s]:
+            del self._hits[uid]
+        for uid in [u for u, t in self._warned_until.items() if t <= now]:
+            del self._warned_until[uid]
+
+
+class QueueFull(Exception):
+    def __init__(self, waiting: int) -> None:
+        self.waiting = waiting
+        super().__init__(f"{waiting} queries are already waiting")
+
+
+class UserBusy(Exception):
+    """The user already has as many queries running or waiting as allowed."""
+
+
+class QueryQueue:
+    """`workers` queries run at once, up to `max_waiting` wait in FIFO order, and one user holds
+    at most `per_user` places. Tickets know their place in line so users can be told."""
+
+    def __init__(self, workers: int, max_waiting: int, *, per_user: int = 1) -> None:
+        self.workers = workers
+        self.max_waiting = max_waiting
+        self.per_user = per_user
+        self._running: set[Ticket] = set()
+        self._waiting: list[Ticket] = []
+        self.closed = False
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def enter(self, user_id: int) -> Ticket:
+        held = sum(1 for t in (*self._running, *self._waiting) if t.user_id == user_id)
+        if held >= self.per_user:
+            raise UserBusy()
+        ticket = Ticket(self, user_id)
+        if len(self._running) < self.workers and not self._waiting:
+            self._running.add(ticket)
+            ticket._granted = True
+        elif len(self._waiting) >= self.max_waiting:
+            raise QueueFull(len(self._waiting))
+        else:
+            self._waiting.append(ticket)
+        return ticket
+
+    def _position(self, ticket: Ticket) -> int:
+        if ticket in self._running:
+            return 0
+        return self._waiting.index(ticket) + 1 if ticket in self._waiting else 0
+
+    def _release(self, ticket: Ticket) -> None:
+        if ticket in self._running:
+            self._running.discard(ticket)
+        elif ticket in self._waiting:
+            self._waiting.remove(ticket)
+        else:
+            return
+        while self._waiting and len(self._running) < self.workers:
+            nxt = self._waiting.pop(0)
+            nxt._granted = True
+            self._running.add(nxt)
+        for waiting in (*self._running, *self._waiting):
+            waiting._changed.set()
+
+
+class Ticket:
+    def __init__(self, queue: QueryQueue, user_id: int) -> None:
+        self._queue = queue
+        self.user_id = user_id
+        self._granted = False
+        self._changed = asyncio.Event()
+
+    @property
+    def position(self) -> int:
+        """0 once running, else the place in line (1 = next)."""
+        return self._queue._position(self)
+
+    async def wait(self, on_position: Callable[[int], None] | None = None) -> None:
+        """Until this query may run; `on_position` hears every change of place in line."""
+        try:
+            last = None
+            while not self._granted:
+                position = self.position
+                if on_position is not None and position != last:
+                    on_position(position)
+                last = position
+                self._changed.clear()
+                await self._changed.wait()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        self._queue._release(self)
+
+    async def __aenter__(self) -> Ticket:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,392 @@
+"""One query from screenshot to answer: movie, queue, download, people, search, reply, log.
+
+Handlers turn updates into a `QueryRequest` (or a person choice) and hand it here; this module
+knows nothing about routers or filters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
+
+from core import (
+    AmbiguousMovieError,
+    BadInputError,
+    CastfinderError,
+    MovieInfo,
+    MovieNotFoundError,
+    Person,
+    Progress,
+    QueryImage,
+    SearchResponse,
+)
+
+from .. import texts
+from ..errors import QueryRefused
+from ..keyboards import people_keyboard
+from ..settings import BotSettings
+from .engine_gateway import EngineGateway
+from .limits import QueryQueue, QueueFull, Ticket, UserBusy
+from .status import StatusMessage, chat_action
+from .storage import ChatSettings, PendingPick, QueryLogEntry, Storage, StoredResult
+from .telegram_io import ImageRef, ReplyTarget, ResultSender, ThumbnailCache, check_ref, download
+
+log = logging.getLogger(__name__)
+
+Select = Literal["main", "all"] | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    target: ReplyTarget
+    chat_type: str
+    user_id: int
+    images: list[ImageRef]
+    movie_hint: str | None = None
+    explicit_movie: bool = False  # the caption named the movie with a command or a mention
+    received_at: float | None = None
+    notes: list[str] = field(default_factory=list)  # told to the user with the results
+
+
+@dataclass
+class _Outcome:
+    """What the query log records, filled in as the query advances."""
+
+    outcome: str = "error"
+    movie_slug: str | None = None
+    results: int = 0
+    engine_ms: float | None = None
+
+
+class QueryService:
+    def __init__(
+        self,
+        *,
+        settings: BotSettings,
+        gateway: EngineGateway,
+        storage: Storage,
+        queue: QueryQueue,
+        thumbnails: ThumbnailCache | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.gateway = gateway
+        self.storage = storage
+        self.queue = queue
+        self.thumbnails = thumbnails or ThumbnailCache()
+        self.clock = clock
+        self.closing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- entry points ---------------------------------------------------------------------
+    async def run_query(self, bot: Bot, req: QueryRequest) -> None:
+        """Answer screenshots: results, a person picker, or an explanation. Never raises for
+        anything the user did."""
+        received = req.received_at if req.received_at is not None else self.clock()
+        rec = _Outcome()
+        with self._tracked():
+            try:
+                if self.closing:
+                    raise QueryRefused(texts.shutting_down(), "shutdown")
+                if not req.images:
+                    raise QueryRefused(texts.unsupported_message(), "no_image")
+                for ref in req.images:
+                    check_ref(ref, self.settings.max_download_bytes)
+                chat = await self.storage.chat(req.target.chat_id)
+                movie, notes = await self._movie_for(req, chat)
+                rec.movie_slug = movie.slug
+                await self._run(
+                    bot, req.target, req.user_id, movie, chat.topk, req.images, select=None, people=None,
+                    notes=[*notes, *req.notes], rec=rec,
+                )
+            except BaseException as exc:
+                await self._fail(bot, req.target, rec, exc)
+            finally:
+                await self._log(req.target.chat_id, req.chat_type, req.user_id, len(req.images), rec, received)
+
+    async def run_pick(
+        self, bot: Bot, pick: PendingPick, who: str, *, chat_type: str, user_id: int, received_at: float | None = None
+    ) -> None:
+        """Search for the person(s) chosen on a picker."""
+        received = received_at if received_at is not None else self.clock()
+        target = ReplyTarget(pick.chat_id, pick.message_id, pick.thread_id)
+        rec = _Outcome(movie_slug=pick.movie_slug)
+        with self._tracked():
+            try:
+                if self.closing:
+                    raise QueryRefused(texts.shutting_down(), "shutdown")
+                people = [
+                    Person(int(p["index"]), tuple(p["bbox"]), float(p["score"]), float(p["area_fraction"]))
+                    for p in pick.people
+                ]
+                select: Select = "all" if who == "all" else (int(who),)
+                movie = await self._movie_by_slug(pick.movie_slug, None)
+                chat = await self.storage.chat(pick.chat_id)
+                ref = ImageRef(pick.file_id, None, "photo")
+                await self._run(bot, target, user_id, movie, chat.topk, [ref], select=select, people=people,
+                                notes=[], rec=rec)
+            except BaseException as exc:
+                await self._fail(bot, target, rec, exc)
+            finally:
+                await self._log(pick.chat_id, chat_type, user_id, 1, rec, received)
+
+    # -- the work -------------------------------------------------------------------------
+    async def _run(
+        self,
+        bot: Bot,
+        target: ReplyTarget,
+        user_id: int,
+        movie: MovieInfo,
+        topk: int,
+        images: list[ImageRef],
+        *,
+        select: Select | None,
+        people: list[Person] | None,
+        notes: list[str],
+        rec: _Outcome,
+    ) -> None:
+        ticket = self._enter(user_id)
+        status = StatusMessage(bot, target.chat_id, reply_to=target.reply_to, thread_id=target.thread_id,
+                               interval=self.settings.status_interval_s)
+        try:
+            async with ticket:
+                if ticket.position:
+                    await status.start(texts.status_queued(ticket.position))
+                    await ticket.wait(lambda pos: status.update(texts.status_queued(pos)))
+                    status.update(texts.status_downloading(len(images)))
+                else:
+                    await status.start(texts.status_downloading(len(images)))
+                async with chat_action(bot, target.chat_id, thread_id=target.thread_id):
+                    limit = self.settings.max_download_bytes
+                    datas = await asyncio.gather(*(download(bot, ref, limit_bytes=limit) for ref in images))
+                    queries = await self._prepare(bot, target, user_id, movie, images, list(datas), select, people,
+                                                  status, rec)
+                    if queries is None:
+                        return
+                    # Stored for "More"; never fewer than one page.
+                    top = max(self.settings.max_results, topk)
+                    response = await self._search(movie, queries, top, status, rec)
+                    await self._answer(bot, target, user_id, response, topk, notes, images, rec)
+        except asyncio.CancelledError:
+            await status.close(final_text=texts.cancelled_by_shutdown())
+            raise
+        finally:
+            await status.close()
+
+    async def _prepare(
+        self,
+        bot: Bot,
+        target: ReplyTarget,
+        user_id: int,
+        movie: MovieInfo,
+        images: list[ImageRef],
+        datas: list[bytes],
+        select: Select | None,
+        people: list[Person] | None,
+        status: StatusMessage,
+        rec: _Outcome,
+    ) -> list[QueryImage] | None:
+        """Decoded query images, or None when the user must first choose whom to look for."""
+        if select is not None:  # a choice made on the picker
+            image = await self._decode(datas[0], None, 1)
+            return [QueryImage(image, select=select, people=people)]
+        if len(datas) == 1:
+            status.update(texts.status_people(0, 1))
+            try:
+                image, found = await self.gateway.detect(datas[0])
+            except BadInputError as exc:
+                raise QueryRefused(texts.bad_image(str(exc)), "bad_image") from exc
+            if len(found) > 1:
+                await self._offer_pick(bot, target, user_id, movie, images[0], image, found)
+                rec.outcome = "picker"
+                return None
+            return [QueryImage(image, select="main", people=found)]
+        decoded = [await self._decode(data, i, len(datas)) for i, data in enumerate(datas, start=1)]
+        # In an album every screenshot contributes its most prominent person.
+        return [QueryImage(image, select="main") for image in decoded]
+
+    async def _decode(self, data: bytes, position: int | None, total: int) -> Any:
+        try:
+            return await self.gateway.load(data)
+        except BadInputError as exc:
+            raise QueryRefused(texts.bad_image(str(exc), position, total), "bad_image") from exc
+
+    async def _offer_pick(
+        self,
+        bot: Bot,
+        target: ReplyTarget,
+        user_id: int,
+        movie: MovieInfo,
+        ref: ImageRef,
+        image: Any,
+        people: list[Person],
+    ) -> None:
+        annotated = await self.gateway.annotate(image, people)
+        pick = await self.storage.save_pick(
+            chat_id=target.chat_id, user_id=user_id, message_id=target.reply_to or 0, thread_id=target.thread_id,
+            file_id=ref.file_id, movie_slug=movie.slug,
+            people=[{"index": p.index, "bbox": list(p.bbox), "score": p.score, "area_fraction": p.area_fraction}
+                    for p in people],
+        )
+        await target.photo(bot, annotated, texts.pick_person(len(people)), people_keyboard(pick.id, len(people)))
+
+    async def _search(
+        self, movie: MovieInfo, queries: list[QueryImage], top: int, status: StatusMessage, rec: _Outcome
+    ) -> SearchResponse:
+        total = len(queries)
+
+        def on_progress(event: Progress) -> None:
+            # A single screenshot's people were found before the search (to offer the picker);
+            # only albums have a people stage worth showing.
+            if event.stage == "people" and total > 1:
+                status.update(texts.status_people(event.done, event.total or total))
+            elif event.stage == "search":
+                status.update(texts.status_searching(movie.name))
+
+        status.update(texts.status_people(0, total) if total > 1 else texts.status_searching(movie.name))
+        started = self.clock()
+        response = await self.gateway.search(movie, queries, top=top, on_progress=on_progress)
+        rec.engine_ms = (self.clock() - started) * 1000
+        return response
+
+    async def _answer(
+        self,
+        bot: Bot,
+        target: ReplyTarget,
+        user_id: int,
+        response: SearchResponse,
+        topk: int,
+        notes: list[str],
+        images: list[ImageRef],
+        rec: _Outcome,
+    ) -> None:
+        notes = list(notes)
+        if response.whole_image_queries:
+            notes.append(texts.whole_image_note(response.whole_image_queries, len(images)))
+        stored = [
+            StoredResult(r.rank, r.shot, r.scene, r.start_s, r.end_s, r.confidence, r.thumbnail, r.low_confidence)
+            for r in response.results
+        ]
+        page = await self.storage.save_results(
+            chat_id=target.chat_id, user_id=user_id, reply_to=target.reply_to, thread_id=target.thread_id,
+            movie=response.movie, page_size=topk, results=stored, notes=notes,
+        )
+        await ResultSender(bot, self.thumbnails).send_page(page, 0)
+        rec.results = len(stored)
+        rec.outcome = "ok"
+
+    # -- movie ----------------------------------------------------------------------------
+    async def _movie_for(self, req: QueryRequest, chat: ChatSettings) -> tuple[MovieInfo, list[str]]:
+        hint = req.movie_hint
+        if hint:
+            try:
+                return await self.gateway.resolve(hint), []
+            except (MovieNotFoundError, AmbiguousMovieError) as exc:
+                # Free text in a caption may be a remark rather than a title: fall back to the
+                # chat's movie. A title given with /movie or a mention is meant literally.
+                if not req.explicit_movie and chat.movie_slug:
+                    movie = await self._movie_by_slug(chat.movie_slug, chat.movie_name)
+                    return movie, [texts.caption_ignored(hint, movie.name)]
+                if isinstance(exc, AmbiguousMovieError):
+                    raise QueryRefused(texts.ambiguous_caption(hint, exc.candidates), "movie_not_found") from exc
+                closest = exc.suggestions or [m.name for m in (await self.gateway.movies())[:5]]
+                raise QueryRefused(texts.movie_not_found(hint, closest), "movie_not_found") from exc
+        if chat.movie_slug is None:
+            raise QueryRefused(texts.no_movie_selected(), "no_movie")
+        return await self._movie_by_slug(chat.movie_slug, chat.movie_name), []
+
+    async def _movie_by_slug(self, slug: str, name: str | None) -> MovieInfo:
+        movie = next((m for m in await self.gateway.movies() if m.slug == slug), None)
+        if movie is None:
+            raise QueryRefused(texts.movie_gone(name or slug), "movie_gone")
+        return movie
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _enter(self, user_id: int) -> Ticket:
+        try:
+            return self.queue.enter(user_id)
+        except UserBusy:
+            raise QueryRefused(texts.user_busy(), "user_busy") from None
+        except QueueFull:
+            raise QueryRefused(texts.queue_full(), "queue_full") from None
+
+    async def _fail(self, bot: Bot, target: ReplyTarget, rec: _Outcome, exc: BaseException) -> None:
+        """Tell the user why there is no answer; re-raise only cancellation."""
+        if isinstance(exc, asyncio.CancelledError):
+            rec.outcome = "cancelled"
+            raise exc
+        if isinstance(exc, TelegramForbiddenError):
+            rec.outcome = "blocked"
+            log.info("chat %s is closed to the bot (%s); query dropped", target.chat_id, exc.message)
+            return
+        if isinstance(exc, QueryRefused):
+            rec.outcome, message = exc.outcome, exc.html
+        elif isinstance(exc, CastfinderError):
+            rec.outcome, message = "bad_input", texts.esc(exc)
+        elif isinstance(exc, Exception):
+            rec.outcome, message = "error", texts.internal_error()
+            log.exception("query in chat %s failed", target.chat_id)
+        else:
+            raise exc
+        try:
+            await target.text(bot, message)
+        except TelegramForbiddenError:
+            rec.outcome = "blocked"
+        except TelegramAPIError as err:
+            log.warning("could not tell chat %s why its query failed: %s", target.chat_id, err)
+
+    async def _log(
+        self, chat_id: int, chat_type: str, user_id: int, images: int, rec: _Outcome, received: float
+    ) -> None:
+        latency = (self.clock() - received) * 1000
+        log.info("query chat=%s user=%s movie=%s images=%d -> %s (%d results) in %.0f ms",
+                 chat_id, user_id, rec.movie_slug, images, rec.outcome, rec.results, latency)
+        try:
+            await self.storage.log_query(QueryLogEntry(
+                chat_id, chat_type, user_id, rec.movie_slug, images, rec.results, rec.outcome, latency, rec.engine_ms,
+            ))
+        except Exception:  # the log must never cost the user their answer
+            log.exception("could not write the query log")
+
+    def _tracked(self) -> _Tracking:
+        return _Tracking(self._tasks)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Refuse new queries, let running ones finish for `grace_s`, then cancel the rest."""
+        self.closing = True
+        pending = {t for t in self._tasks if not t.done()}
+        if pending:
+            log.info("waiting up to %.0f s for %d running queries", grace_s, len(pending))
+            done, pending = await asyncio.wait(pending, timeout=grace_s) if grace_s > 0 else (set(), pending)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("cancelled %d queries still running at shutdown", len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+class _Tracking:
+    """Registers the current task as a running query for the duration of a `with` block."""
+
+    def __init__(self, tasks: set[asyncio.Task[Any]]) -> None:
+        self._tasks = tasks
+        self._task: asyncio.Task[Any] | None = None
+
+    def __enter__(self) -> None:
+        self._task = asyncio.current_task()
+        if self._task is not None:
+            self._tasks.add(self._task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._tasks.discard(self._task)

@@ -1,0 +1,298 @@
+"""Everything the bot says, in one place. Messages are HTML: every value that comes from users,
+movie names or the engine goes through `esc`."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Iterable, Sequence
+
+from core import MovieInfo, format_ts
+
+from .services.storage import StoredResult, UsageStats
+from .settings import MAX_TOPK
+
+
+def esc(value: object) -> str:
+    return escape(str(value), quote=False)
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def help_text(bot_username: str | None) -> str:
+    mention = f"@{bot_username}" if bot_username else "@this_bot"
+    return (
+        "🎬 <b>castfinder</b> finds the shots of a movie in which a character appears.\n\n"
+        "<b>1. Pick a movie</b>: /movies lists the indexed ones, or send "
+        "<code>/movie Titanic</code> (any part of the name works).\n"
+        "<b>2. Send screenshots</b> of the character: one photo, an album, or an image sent as a "
+        "file. A caption may name the movie for that query only.\n"
+        "<b>3. Get the best shots</b>: thumbnails with start–end times and how sure I am; "
+        "<b>More</b> shows further results.\n\n"
+        "If a screenshot shows several people, I number them and ask whom to look for.\n\n"
+        "<b>Example</b>: <code>/movie Titanic</code>, then a screenshot of Rose → "
+        "<code>#1 · shot 12 · 00:03:21.4–00:03:27.9 · 83%</code>\n\n"
+        f"<b>Settings</b>: /topk &lt;1–{MAX_TOPK}&gt; results per query, /movie shows the current movie.\n"
+        f"<b>In groups</b>: caption the photo with <code>/movie@{esc(bot_username or 'this_bot')} Titanic</code>, "
+        f"mention {esc(mention)} in the caption, or reply to one of my messages."
+    )
+
+
+def movies_list(movies: Sequence[MovieInfo], current_slug: str | None, shown: int) -> str:
+    if not movies:
+        return "No movie is indexed yet. An admin adds one with <code>castfinder index</code>."
+    lines = ["<b>Indexed movies</b> (tap one to pick it):"]
+    for m in movies[:shown]:
+        mark = " ✅" if m.slug == current_slug else ""
+        lines.append(f"• {esc(m.name)} — {duration(m.duration_s)}, {m.shots} shots{mark}")
+    if len(movies) > shown:
+        lines.append(f"… and {len(movies) - shown} more: use <code>/movie name</code>.")
+    return "\n".join(lines)
+
+
+def movie_set(movie: MovieInfo) -> str:
+    return (
+        f"🎬 Movie for this chat: <b>{esc(movie.name)}</b> ({duration(movie.duration_s)}, {movie.shots} shots).\n"
+        "Now send a screenshot of the character."
+    )
+
+
+def current_movie(name: str | None) -> str:
+    if name is None:
+        return "No movie is selected in this chat. Pick one with /movies or <code>/movie name</code>."
+    return f"🎬 The movie for this chat is <b>{esc(name)}</b>. Change it with <code>/movie name</code>."
+
+
+def choose_movie(query: str) -> str:
+    return f"Several movies match “{esc(query)}”. Which one?"
+
+
+def did_you_mean(query: str) -> str:
+    return f"No indexed movie is called “{esc(query)}”. Did you mean one of these?"
+
+
+def movie_not_found(query: str, closest: Sequence[str]) -> str:
+    if closest:
+        names = ", ".join(esc(n) for n in closest)
+        return f"No indexed movie matches “{esc(query)}”. Closest: {names}. See /movies."
+    return f"No indexed movie matches “{esc(query)}”, and no movie is indexed yet."
+
+
+def movie_gone(name: str | None) -> str:
+    return (
+        f"The movie set for this chat ({esc(name or '?')}) is no longer indexed. "
+        "Pick another with /movies."
+    )
+
+
+def no_movie_selected() -> str:
+    return (
+        "Which movie? Pick one with /movies or <code>/movie name</code> first, "
+        "or put the movie's name in the screenshot's caption."
+    )
+
+
+def caption_ignored(caption: str, movie: str) -> str:
+    return f"(“{esc(caption)}” is not an indexed movie; searched {esc(movie)}, this chat's movie.)"
+
+
+def topk_current(n: int) -> str:
+    return f"I show {n} results per query here. Change it with <code>/topk n</code> (1–{MAX_TOPK})."
+
+
+def topk_set(n: int) -> str:
+    return f"OK: {n} result{'s' if n != 1 else ''} per query in this chat."
+
+
+def topk_invalid(arg: str) -> str:
+    return f"“{esc(arg)}” is not a number from 1 to {MAX_TOPK}. Example: <code>/topk 5</code>"
+
+
+def not_an_image(name: str | None) -> str:
+    label = f"“{esc(name)}”" if name else "That file"
+    return f"{label} is not an image. Send a screenshot as a photo or as a JPEG/PNG/WebP file."
+
+
+def file_too_big(size_bytes: int, limit_mb: int) -> str:
+    return (
+        f"That file is {size_bytes / 1024 / 1024:.1f} MB; bots can download files up to {limit_mb} MB. "
+        "Send the screenshot as a photo, or a smaller file."
+    )
+
+
+def unsupported_message() -> str:
+    return "Send me a screenshot (a photo, or an image as a file). /help explains how."
+
+
+def text_hint() -> str:
+    return (
+        "Send a screenshot of the character. To pick the movie, send "
+        "<code>/movie name</code>, or see /movies."
+    )
+
+
+def album_skipped(skipped: int) -> str:
+    return f"{skipped} part{'s' if skipped != 1 else ''} of the album {'are' if skipped != 1 else 'is'} not an image and {'were' if skipped != 1 else 'was'} left out."
+
+
+def rate_limited(per_minute: int, retry_in: float) -> str:
+    return (
+        f"Easy there: at most {per_minute} queries per minute. "
+        f"Try again in {max(1, int(retry_in + 0.999))} s."
+    )
+
+
+def user_busy() -> str:
+    return "You already have a query running. Wait for its answer, then send the next one."
+
+
+def queue_full() -> str:
+    return "I'm very busy right now and my queue is full. Please try again in a minute."
+
+
+def shutting_down() -> str:
+    return "I'm restarting. Please send that again in a minute."
+
+
+def cancelled_by_shutdown() -> str:
+    return "⛔ Stopped: I'm restarting. Please send that again in a minute."
+
+
+def internal_error() -> str:
+    return "Something went wrong on my side (it has been logged). Please try again."
+
+
+def download_failed() -> str:
+    return "I couldn't download that file from Telegram. Please send it again."
+
+
+# -- status ------------------------------------------------------------------------------
+def status_queued(position: int) -> str:
+    return f"⏳ Busy: you are #{position} in line."
+
+
+def status_downloading(count: int) -> str:
+    return "⬇️ Downloading your screenshot…" if count == 1 else f"⬇️ Downloading {count} screenshots…"
+
+
+def status_people(done: int, total: int) -> str:
+    return "🧍 Finding people…" if total <= 1 else f"🧍 Finding people… ({done}/{total})"
+
+
+def status_searching(movie: str) -> str:
+    return f"🔎 Searching {esc(movie)}…"
+
+
+# -- people picker -----------------------------------------------------------------------
+def pick_person(count: int) -> str:
+    return f"I see {count} people. Whom should I look for? Tap a number, or All."
+
+
+def pick_expired() -> str:
+    return "That choice has expired. Send the screenshot again."
+
+
+def pick_not_yours() -> str:
+    return "Only the person who sent the screenshot can choose."
+
+
+def pick_started(label: str) -> str:
+    return f"Searching for {label}…"
+
+
+# -- results -----------------------------------------------------------------------------
+def percent(confidence: float) -> int:
+    return max(0, min(100, round(confidence * 100)))
+
+
+def result_line(r: StoredResult) -> str:
+    line = (
+        f"#{r.rank} · shot {r.shot} · {format_ts(r.start_s, decimals=1)}–{format_ts(r.end_s, decimals=1)}"
+        f" · {percent(r.confidence)}%"
+    )
+    return line + " · ⚠️ weak match" if r.low_confidence else line
+
+
+def result_caption(r: StoredResult) -> str:
+    return esc(result_line(r))
+
+
+def results_text(movie: str, results: Sequence[StoredResult], *, total: int, notes: Iterable[str]) -> str:
+    if not results:
+        return f"No shot of <b>{esc(movie)}</b> matched. Try another screenshot."
+    first, last = results[0].rank, results[-1].rank
+    confident = [r for r in results if not r.low_confidence]
+    span = f"{first}–{last}" if last > first else f"{first}"
+    if not confident:
+        head = f"No confident match in <b>{esc(movie)}</b>; the closest shots ({span} of {total}):"
+    else:
+        head = f"<b>{esc(movie)}</b>: best shots {span} of {total}:"
+    lines = [head, *(esc(result_line(r)) for r in results)]
+    if len(confident) < len(results):
+        lines.append("⚠️ Weak matches are under the confidence threshold: the character may not be in them.")
+    lines.extend(notes)
+    return "\n".join(lines)
+
+
+def whole_image_note(whole: int, images: int) -> str:
+    if images <= 1:
+        return "🖼 I found no person in the screenshot, so I searched with the whole image."
+    return f"🖼 I found no person in {whole} of {images} screenshots; those were searched as whole images."
+
+
+def no_more_results() -> str:
+    return "No more results."
+
+
+def results_expired() -> str:
+    return "These results have expired. Send the screenshot again."
+
+
+# -- admin -------------------------------------------------------------------------------
+def admins_only() -> str:
+    return "This command is for the bot's admins."
+
+
+def stats(s: UsageStats, *, running: int, waiting: int, movies: int) -> str:
+    def ms(v: float | None) -> str:
+        return "—" if v is None else f"{v / 1000:.2f} s"
+
+    outcomes = ", ".join(f"{esc(k)} {v}" for k, v in s.outcomes.items()) or "—"
+    top = ", ".join(f"{esc(k)} ({v})" for k, v in s.top_movies) or "—"
+    return "\n".join([
+        "<b>Usage</b>",
+        f"Queries: {s.total} (last 24 h: {s.last_24h}); users: {s.users}; chats: {s.chats}",
+        f"Outcomes: {outcomes}",
+        f"Latency of answered queries: p50 {ms(s.latency_p50_ms)}, p95 {ms(s.latency_p95_ms)}; "
+        f"engine p50 {ms(s.engine_p50_ms)}",
+        f"Top movies: {top}",
+        f"Now: {running} running, {waiting} waiting; {movies} movies indexed",
+    ])
+
+
+def missing_token_help() -> str:
+    return (
+        "BOT_TOKEN is not set, so the bot cannot start.\n\n"
+        "1. Talk to @BotFather in Telegram, send /newbot and copy the token it gives you.\n"
+        "2. Put it in a file named .env in the folder you start castfinder from:\n\n"
+        "       BOT_TOKEN=123456789:AAE-your-token-from-BotFather\n\n"
+        "   (or export BOT_TOKEN in the environment). Optional settings, also in .env:\n"
+        "       CASTFINDER_ADMIN_IDS=your numeric Telegram user id (for /stats)\n"
+        "       CASTFINDER_TELEGRAM_API_BASE=http://localhost:8081  (a local telegram-bot-api)\n"
+        "3. Run `castfinder bot` again.\n"
+    )
+
+
+def ambiguous_caption(query: str, candidates: Sequence[str]) -> str:
+    names = ", ".join(esc(n) for n in candidates)
+    return f"“{esc(query)}” matches several movies: {names}. Write more of the name."
+
+
+def bad_image(reason: str, position: int | None = None, total: int = 1) -> str:
+    reason = reason.removeprefix("image: ")
+    where = f"Screenshot {position} of {total}" if position is not None and total > 1 else "That screenshot"
+    return f"{where} can't be used: {esc(reason)}"
