@@ -170,7 +170,7 @@ def cmd_index(args, settings) -> int:
 
     bars = _Bars(not args.quiet)
     with _engine_output_to_stderr():
-        engine = Engine(settings)
+        engine = Engine(settings, load_models=False)  # index() loads the channels it builds
         try:
             report = engine.index(args.source, args.movie, progress=bars)
         finally:

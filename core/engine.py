@@ -51,10 +51,18 @@ class Engine:
 
     # -- models ---------------------------------------------------------------------------
     def load_models(self) -> None:
-        """Load the detector and the configured channels now (at start-up, not on first query)."""
+        """Load now (at start-up, not on the first query) the detector and the channels that the
+        indexed movies were built with; the configured channels when nothing is indexed yet."""
         self.detector
-        for name in self.settings.index_channels():
-            self.channel_for(name, self.settings.model_for(name))
+        wanted: dict[tuple[str, str], None] = {}
+        for info in self.movies():
+            manifest = read_manifest(info.path) or {"channels": {}}
+            for name, spec in manifest["channels"].items():
+                wanted[(name, spec.get("model", self.settings.model_for(name)))] = None
+        if not wanted:
+            wanted = {(name, self.settings.model_for(name)): None for name in self.settings.index_channels()}
+        for name, model in wanted:
+            self.channel_for(name, model)
 
     @property
     def detector(self) -> PersonDetector:

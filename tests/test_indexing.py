@@ -250,3 +250,11 @@ def test_query_images_are_checked(engine: Engine, video: Path, tmp_path: Path) -
         engine.search("heat", [bad])
     with pytest.raises(MovieNotFoundError):
         engine.search("Casablanca", [np.zeros((10, 10, 3), np.uint8)])
+
+
+def test_a_serving_engine_loads_the_models_its_indexes_were_built_with(engine: Engine, video: Path,
+                                                                        make_settings, tmp_path: Path) -> None:
+    engine.index(video, "Heat")
+    # The configured embedder is absent; the index names the one it was built with, which loads.
+    serving = Engine(make_settings(**RANDOM_YOLO, dinov2_model=str(tmp_path / "absent")))
+    assert serving.search("heat", [np.zeros((50, 50, 3), np.uint8)], top=1).results
