@@ -36,6 +36,10 @@ class Calibration:
     def logit(self, z: np.ndarray) -> np.ndarray:
         return self.a * np.asarray(z) + self.b
 
+    def confidence(self, sims: np.ndarray) -> np.ndarray:
+        """Probability that a similarity means the same identity."""
+        return sigmoid(self.logit(self.z(sims)))
+
     def to_json(self) -> dict:
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
@@ -44,6 +48,10 @@ class Calibration:
         if not data:
             return cls(*default_neg)
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
 def fit(vectors: np.ndarray, frames: np.ndarray, boxes: np.ndarray, shots: np.ndarray, seed: int = 0) -> Calibration:

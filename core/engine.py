@@ -213,8 +213,7 @@ class Engine:
         if len(use) == 1:
             sims, ids = hits[use[0]]
             calib = index.calibration[use[0]]
-            ranked = [(h.shot_id, h.score, h.similarity, h.best_crop,
-                       float(_sigmoid(calib.logit(calib.z(h.similarity)))))
+            ranked = [(h.shot_id, h.score, h.similarity, h.best_crop, float(calib.confidence(h.similarity)))
                       for h in aggregate(sims, ids, index.crop_shot, method, rrf_k=s.rrf_k)]
         else:
             if method != "max":
@@ -240,10 +239,6 @@ class Engine:
             movie=index.info.name, slug=index.info.slug, results=results, query_crops=len(crops),
             whole_image_queries=whole, aggregation=method, elapsed_s=time.perf_counter() - started,
         )
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
 def _pick_channels(available: Sequence[str], wanted: Sequence[str] | None) -> list[str]:

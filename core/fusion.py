@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .calibration import sigmoid
 from .store import MovieIndex
 
 
@@ -66,5 +67,5 @@ def fuse(index: MovieIndex, hits: dict[str, tuple[np.ndarray, np.ndarray]], *, u
         sim, crop, _ = best_sim.get(unit, (float("nan"), first_crop[unit], True))
         shot = int(index.crop_shot[crop])
         if shot not in by_shot or logit > by_shot[shot].logit:
-            by_shot[shot] = FusedShot(shot, float(1 / (1 + np.exp(-logit))), logit, sim, crop)
+            by_shot[shot] = FusedShot(shot, float(sigmoid(logit)), logit, sim, crop)
     return sorted(by_shot.values(), key=lambda f: (-f.logit, f.shot_id))

@@ -71,8 +71,7 @@ def test_calibration_learns_different_people_from_side_by_side_boxes() -> None:
     same = float(_unit(people[0] + 0.1 * rng.normal(size=16)) @ _unit(people[0] + 0.1 * rng.normal(size=16)))
     other = float(people[0] @ people[1])
     assert calib.z(same) > 3 and abs(calib.z(other)) < 3
-    confidence = lambda s: 1 / (1 + np.exp(-calib.logit(calib.z(s))))  # noqa: E731
-    assert confidence(same) > 0.9 and confidence(other) < 0.5
+    assert calib.confidence(same) > 0.9 and calib.confidence(other) < 0.5
 
 
 def test_defaults_when_a_movie_has_too_few_pairs() -> None:
