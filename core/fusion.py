@@ -29,43 +29,56 @@ class FusedShot:
 
 def fuse(index: MovieIndex, hits: dict[str, tuple[np.ndarray, np.ndarray]], *, use_tracks: bool) -> list[FusedShot]:
     n = len(index.crop_shot)
-    unit_of = index.crop_track if use_tracks else np.arange(n)
-    kinds = {c: index.manifest["channels"][c].get("kind", "body") for c in hits}
-    logits: dict[int, list[float]] = {}
-    best_sim: dict[int, tuple[float, int, bool]] = {}  # unit -> (similarity, crop, from a body channel)
+    raw_units = index.crop_track if use_tracks else np.arange(n)
+    # Compact unit numbers 0..U-1 so that per-unit sums are plain array operations.
+    unit_ids, unit_of = np.unique(raw_units, return_inverse=True)
+    n_units = len(unit_ids)
+    logit_sum = np.zeros(n_units)
+    logit_count = np.zeros(n_units)
+    shown_sim = np.full(n_units, np.nan)  # similarity and crop that locate the unit in results
+    shown_crop = np.full(n_units, -1, dtype=np.int64)
+    shown_is_body = np.zeros(n_units, dtype=bool)
     for channel, (sims, ids) in hits.items():
-        if sims.size == 0:
+        valid = ids >= 0
+        if not valid.any():
             continue  # no query vector in this channel (no face in the query): it cannot speak
         calib = index.calibration[channel]
-        valid = ids >= 0
-        flat_ids, flat_sims = ids[valid], sims[valid]
-        # Best similarity per unit over every query crop of this channel.
+        body = index.manifest["channels"][channel].get("kind", "body") != "face"
+        flat_ids, flat_sims = ids[valid], sims[valid].astype(np.float64)
+        # Best similarity per unit over every query crop: first occurrence in descending order.
         order = np.argsort(-flat_sims, kind="stable")
-        unit_best: dict[int, tuple[float, int]] = {}
-        for crop, sim in zip(flat_ids[order], flat_sims[order]):
-            unit_best.setdefault(int(unit_of[crop]), (float(sim), int(crop)))
-        # Units beyond the top-k sit below the weakest returned similarity: use it as their bound.
-        floor = float(flat_sims.min()) if len(flat_sims) else -1.0
-        if kinds[channel] == "face":
-            members = {int(unit_of[c]) for c in index.face_box}
+        units_sorted = unit_of[flat_ids[order]]
+        seen, first = np.unique(units_sorted, return_index=True)
+        best_sim = np.full(n_units, np.nan)
+        best_sim[seen] = flat_sims[order][first]
+        best_crop = np.full(n_units, -1, dtype=np.int64)
+        best_crop[seen] = flat_ids[order][first]
+        if body:
+            members = np.ones(n_units, dtype=bool)  # every unit has a body vector
         else:
-            members = None  # every unit has a body vector
-        for unit in (members if members is not None else set(unit_of.tolist())):
-            sim, crop = unit_best.get(unit, (floor, -1))
-            logits.setdefault(unit, []).append(float(calib.logit(calib.z(sim))))
-            body = kinds[channel] != "face"
-            if crop >= 0:
-                prev = best_sim.get(unit)
-                if prev is None or (body and not prev[2]) or (body == prev[2] and sim > prev[0]):
-                    best_sim[unit] = (sim, crop, body)
-    first_crop = {}
-    for crop in range(n):
-        first_crop.setdefault(int(unit_of[crop]), crop)
+            members = np.zeros(n_units, dtype=bool)
+            members[unit_of[np.fromiter(index.face_box, dtype=np.int64, count=len(index.face_box))]] = True
+        # Units beyond the top-k sit below the weakest returned similarity: use it as their bound.
+        sims_for = np.where(np.isnan(best_sim), flat_sims.min(), best_sim)
+        logit_sum[members] += calib.logit(calib.z(sims_for[members]))
+        logit_count[members] += 1
+        # Locate each unit by its best body view; a face hit only where no body hit exists.
+        found = best_crop >= 0
+        better = found & ((body & ~shown_is_body) | ((body == shown_is_body) & ~(best_sim <= shown_sim)))
+        shown_sim[better], shown_crop[better], shown_is_body[better] = best_sim[better], best_crop[better], body
+    spoken = logit_count > 0
+    if not spoken.any():
+        return []
+    logits = np.where(spoken, logit_sum / np.maximum(logit_count, 1), -np.inf)
+    # A unit no channel returned is located by its first crop.
+    first_crop = np.full(n_units, n, dtype=np.int64)
+    np.minimum.at(first_crop, unit_of, np.arange(n))
+    crop_of_unit = np.where(shown_crop >= 0, shown_crop, first_crop)
+    shot_of_unit = index.crop_shot[crop_of_unit]
     by_shot: dict[int, FusedShot] = {}
-    for unit, values in logits.items():
-        logit = float(np.mean(values))
-        sim, crop, _ = best_sim.get(unit, (float("nan"), first_crop[unit], True))
-        shot = int(index.crop_shot[crop])
-        if shot not in by_shot or logit > by_shot[shot].logit:
-            by_shot[shot] = FusedShot(shot, float(sigmoid(logit)), logit, sim, crop)
+    for u in np.flatnonzero(spoken)[np.argsort(-logits[spoken], kind="stable")]:
+        shot = int(shot_of_unit[u])
+        if shot not in by_shot:
+            by_shot[shot] = FusedShot(shot, float(sigmoid(logits[u])), float(logits[u]), float(shown_sim[u]),
+                                      int(crop_of_unit[u]))
     return sorted(by_shot.values(), key=lambda f: (-f.logit, f.shot_id))
