@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from aiogram import BaseMiddleware
 from aiogram.types import Message, TelegramObject
 
+from . import Handler
 from ..settings import ALBUM_MAX
 
 
@@ -88,7 +89,7 @@ class AlbumMiddleware(BaseMiddleware):
 
     async def __call__(
         self,
-        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        handler: Handler,
         event: TelegramObject,
         data: dict[str, Any],
     ) -> Any:
