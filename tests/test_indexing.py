@@ -258,3 +258,14 @@ def test_a_serving_engine_loads_the_models_its_indexes_were_built_with(engine: E
     # The configured embedder is absent; the index names the one it was built with, which loads.
     serving = Engine(make_settings(**RANDOM_YOLO, dinov2_model=str(tmp_path / "absent")))
     assert serving.search("heat", [np.zeros((50, 50, 3), np.uint8)], top=1).results
+
+
+def test_an_hnsw_index_returns_as_many_hits_as_asked(make_settings, video: Path) -> None:
+    engine = Engine(make_settings(**RANDOM_YOLO, faiss_index="hnsw", dedup=False))
+    info = engine.index(video, "Heat").movie
+    index = engine.open_index(info)
+    assert json.loads((info.path / "manifest.json").read_text())["channels"]["dinov2"]["faiss"] == "hnsw"
+    query = np.random.default_rng(0).normal(size=(1, info.dim)).astype(np.float32)
+    _, ids = index.search("dinov2", query, 10_000)
+    # HNSW's default search breadth would stop far short of every vector.
+    assert sorted(ids[0].tolist()) == list(range(info.vectors))
