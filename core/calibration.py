@@ -36,6 +36,11 @@ class Calibration:
     def logit(self, z: np.ndarray) -> np.ndarray:
         return self.a * np.asarray(z) + self.b
 
+    def similarity_at(self, confidence: float) -> float:
+        """The raw similarity at which the confidence reaches `confidence`."""
+        z = (np.log(confidence / (1 - confidence)) - self.b) / self.a
+        return float(self.neg_mean + z * self.neg_std)
+
     def confidence(self, sims: np.ndarray) -> np.ndarray:
         """Probability that a similarity means the same identity."""
         return sigmoid(self.logit(self.z(sims)))

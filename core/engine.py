@@ -214,7 +214,8 @@ class Engine:
             sims, ids = hits[use[0]]
             calib = index.calibration[use[0]]
             ranked = [(h.shot_id, h.score, h.similarity, h.best_crop, float(calib.confidence(h.similarity)))
-                      for h in aggregate(sims, ids, index.crop_shot, method, rrf_k=s.rrf_k)]
+                      for h in aggregate(sims, ids, index.crop_shot, method, rrf_k=s.rrf_k,
+                                         count_from=calib.similarity_at(s.low_score))]
         else:
             if method != "max":
                 raise BadInputError(

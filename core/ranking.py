@@ -22,11 +22,14 @@ def aggregate(
     method: str,
     *,
     rrf_k: int = 60,
+    count_from: float = -1.0,
 ) -> list[ShotScore]:
     """Rank shots from `sims`/`ids` (one row of FAISS hits per query crop), best first.
 
     - `max`: a shot scores its best similarity over all query crops.
-    - `frequency`: the share of all hits that fall in the shot (shots that keep coming back).
+    - `frequency`: the share of the likely matches (hits with similarity ≥ `count_from`) that fall
+      in the shot: how often the person keeps coming back in it. Without a floor, a large k makes
+      every crop a hit and frequency would only count people per shot.
     - `rrf`: reciprocal-rank fusion of each query crop's shot ranking, scaled so that a shot
       ranked first by every query crop scores 1.
     Ties are broken by best similarity, then by shot id, so rankings are deterministic.
@@ -47,8 +50,9 @@ def aggregate(
                 continue
             shot = int(crop_shot[crop])
             sim = float(sim)
-            total_hits += 1
-            counts[shot] = counts.get(shot, 0) + 1
+            if sim >= count_from:
+                total_hits += 1
+                counts[shot] = counts.get(shot, 0) + 1
             if shot not in best_sim or sim > best_sim[shot]:
                 best_sim[shot] = sim
                 best_crop[shot] = int(crop)
@@ -60,7 +64,7 @@ def aggregate(
     if method == "max":
         scores = best_sim
     elif method == "frequency":
-        scores = {s: c / total_hits for s, c in counts.items()}
+        scores = {s: counts.get(s, 0) / max(total_hits, 1) for s in best_sim}
     else:
         top = n_queries / (rrf_k + 1)
         scores = {s: v / top for s, v in rrf.items()}

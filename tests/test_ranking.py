@@ -46,3 +46,12 @@ def test_padding_and_empty_hits_give_no_results() -> None:
 def test_unknown_aggregation_is_refused() -> None:
     with pytest.raises(ValueError, match="max, frequency or rrf"):
         aggregate(np.zeros((1, 1)), np.zeros((1, 1), int), CROP_SHOT, "mean")
+
+
+def test_frequency_counts_only_likely_matches_when_given_a_floor() -> None:
+    # Shot 10 has two weak hits, shot 20 one strong one: without a floor, 10 "appears" more.
+    sims = np.array([[0.9, 0.3, 0.2]], dtype=np.float32)
+    ids = np.array([[2, 0, 1]])
+    assert [r.shot_id for r in aggregate(sims, ids, CROP_SHOT, "frequency")] == [10, 20]
+    ranked = aggregate(sims, ids, CROP_SHOT, "frequency", count_from=0.5)
+    assert [(r.shot_id, r.score) for r in ranked] == [(20, 1.0), (10, 0.0)]
