@@ -177,8 +177,8 @@ def build_engine(engine_settings: "Settings | None" = None) -> EngineLike:
     from core import Engine, Settings
 
     settings = engine_settings or Settings()
-    log.info("loading models: detector %s, embedder %s (%s) on %s …", settings.detector, settings.embedder,
-             settings.embedder_model(), settings.device)
+    log.info("loading models on %s: detector %s and the embedding channels of the indexes in %s …",
+             settings.device, settings.detector, settings.index_dir)
     started = time.perf_counter()
     engine = Engine(settings)
     movies = engine.movies()
