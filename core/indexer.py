@@ -20,7 +20,7 @@ from .detector import PersonDetector
 from .errors import BadInputError
 from .naming import clean_name, slugify
 from .settings import Settings
-from .sources import SampledFrame, _shot_targets, open_source
+from .sources import SampledFrame, shot_targets, open_source
 from .store import CropRow, IndexWriter, movie_info, read_manifest, tidy_index_dir
 from .tracks import ShotTracker
 from .types import IndexReport, Progress, ProgressCallback, Shot
@@ -102,7 +102,7 @@ class Indexer:
             )
         with timer("shots"):
             shots = source.shots(progress)
-        planned = sum(len(_shot_targets(shot, s.sample_fps)) for shot in shots)
+        planned = sum(len(shot_targets(shot, s.sample_fps)) for shot in shots)
         writer = IndexWriter(s.index_dir, slug)
         try:
             counts = self._process(source.sample(shots, s.sample_fps, lambda _: None), shots, planned,
@@ -119,7 +119,8 @@ class Indexer:
                 "settings": {"sample_fps": s.sample_fps, "frames_fps": s.frames_fps,
                              "scene_threshold": s.scene_threshold, "min_shot_frames": s.min_shot_frames,
                              "dedup": s.dedup, "dedup_threshold": s.dedup_threshold,
-                             "faiss_index": s.faiss_index},
+                             "faiss_index": s.faiss_index, "track_iou": s.track_iou,
+                             "min_person_px": s.min_person_px, "min_face_px": s.min_face_px},
                 "counts": {"shots": len(shots), **counts},
                 "warnings": source.warnings,
                 "versions": library_versions(),

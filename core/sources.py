@@ -65,7 +65,7 @@ def open_source(path: Path, *, frames_fps: float, scene_threshold: float, min_sh
     return VideoSource(path, threshold=scene_threshold, min_shot_frames=min_shot_frames)
 
 
-def _shot_targets(shot: Shot, fps: float) -> list[float]:
+def shot_targets(shot: Shot, fps: float) -> list[float]:
     """Sampling times inside a shot: mid-interval points, at least one per shot."""
     step = 1.0 / fps
     n = max(1, math.floor(shot.duration_s * fps + 0.5))
@@ -151,7 +151,7 @@ class VideoSource(MovieSource):
             last_frame = shots[-1].end_frame
             shot_iter = iter(shots)
             shot = next(shot_iter)
-            targets = _shot_targets(shot, fps)
+            targets = shot_targets(shot, fps)
             picked_in_shot = 0
             index = -1
             while index < last_frame:
@@ -160,7 +160,7 @@ class VideoSource(MovieSource):
                 index += 1
                 while index > shot.end_frame:
                     shot = next(shot_iter)
-                    targets = _shot_targets(shot, fps)
+                    targets = shot_targets(shot, fps)
                     picked_in_shot = 0
                 # Presentation time of this frame: correct for variable frame rate, unlike index/fps.
                 time_s = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
@@ -247,7 +247,7 @@ class FramesFolderSource(MovieSource):
     def sample(self, shots: list[Shot], fps: float, progress: ProgressCallback) -> Iterator[SampledFrame]:
         total = len(self.files)
         for shot in shots:
-            targets = _shot_targets(shot, fps)
+            targets = shot_targets(shot, fps)
             picked = 0
             for index in range(shot.start_frame, shot.end_frame + 1):
                 time_s = index / self.fps
