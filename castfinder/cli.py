@@ -49,6 +49,21 @@ def _model_flags() -> argparse.ArgumentParser:
     return p
 
 
+def search_flags() -> argparse.ArgumentParser:
+    """Flags of the commands that search (`search`, `eval`)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--channels", dest="search_channels",
+                   help="search only these of the index's channels, e.g. face (default: all of them)")
+    p.add_argument("--no-tracks", action="store_false", dest="tracks", default=None,
+                   help="fuse channels per crop instead of per tracked person (CASTFINDER_TRACKS)")
+    return p
+
+
+def channel_list(value: str | None) -> list[str]:
+    """`--channels face, OSNet` → ["face", "osnet"]."""
+    return list(dict.fromkeys(v.strip().lower() for v in (value or "").split(",") if v.strip()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="castfinder",
@@ -56,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     flags = _model_flags()
+    searching = search_flags()
 
     p = sub.add_parser("index", parents=[flags], help="index a movie (a video file or a frames folder)",
                        description="Build the index of a movie. Re-indexing replaces the old index "
@@ -75,15 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("movies", parents=[flags], help="list indexed movies")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("search", parents=[flags], help="find the shots a character appears in",
+    p = sub.add_parser("search", parents=[flags, searching], help="find the shots a character appears in",
                        description="Search a movie with one or more screenshots of a character.")
     p.add_argument("images", nargs="+", type=Path, help="screenshots of the character")
     p.add_argument("--movie", required=True, help="name, slug or unambiguous prefix")
     p.add_argument("--top", type=int, default=5, help="number of shots to return (default 5)")
     p.add_argument("--aggregation", choices=["max", "frequency", "rrf"], help="how hits make a shot's score")
-    p.add_argument("--channels", dest="search_channels", help="search only these of the index's channels, e.g. face")
-    p.add_argument("--no-tracks", action="store_false", dest="tracks", default=None,
-                   help="fuse channels per crop instead of per tracked person")
     p.add_argument("--people", default="main",
                    help='whom to search for in each image: "main" (the most prominent person, default), '
                         '"all", or 1-based numbers such as "1,3" (see `castfinder people`)')
@@ -93,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path)
     p.add_argument("--save", type=Path, help="write the image with numbered boxes here (JPEG)")
 
-    eval_cmd.add_parser(sub, [flags])
+    eval_cmd.add_parser(sub, [flags, searching])
     sub.add_parser("bot", help="run the Telegram bot (long polling)", add_help=False)
     return parser
 
@@ -251,9 +264,9 @@ def cmd_search(args, settings) -> int:
         engine = Engine(settings, load_models=False)
         # Before any model loads: fail fast on a typo. The index's own channels load on demand.
         info = engine.resolve_movie(args.movie)
-        channels = [c.strip() for c in args.search_channels.split(",") if c.strip()] if args.search_channels else None
         response = engine.search(info, [QueryImage(p, select=select, name=str(p)) for p in args.images],
-                                 top=args.top, aggregation=args.aggregation, channels=channels)
+                                 top=args.top, aggregation=args.aggregation,
+                                 channels=channel_list(args.search_channels) or None)
     if args.json:
         print(json.dumps(response.to_json(), ensure_ascii=False))
         return 0

@@ -24,7 +24,6 @@ Importing this module is cheap (stdlib only): `castfinder.cli` imports it to bui
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import re
 import shlex
@@ -60,14 +59,6 @@ def add_parser(subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
                    help="shots with equal scores: count the non-relevant ones first (pessimistic, default) "
                         "or keep the engine's order")
     p.add_argument("--search-k", type=int, dest="search_k", help="FAISS hits per query crop (CASTFINDER_SEARCH_K)")
-    # As `castfinder search` has them (unless the shared flags come to define them one day).
-    shared = {opt for parent in parents for opt in getattr(parent, "_option_string_actions", {})}
-    if "--channels" not in shared:
-        p.add_argument("--channels", dest="search_channels",
-                       help="search only these of the index's channels, e.g. face (default: all of them)")
-    if "--no-tracks" not in shared:
-        p.add_argument("--no-tracks", action="store_false", dest="tracks", default=None,
-                       help="fuse channels per crop instead of per tracked person (CASTFINDER_TRACKS)")
     p.add_argument("--json", action="store_true", help="print the report as exactly one JSON object")
     p.add_argument("--plots", type=Path, metavar="DIR", help="write <character>_pr.png precision–recall curves here")
 
@@ -86,7 +77,7 @@ def run(args: argparse.Namespace, settings) -> int:
             return cli._fail("--search-k must be at least 1", cli.EXIT_USAGE)
         settings = settings.model_copy(update={"search_k": args.search_k})
     ks = tuple(sorted(set(DEFAULT_KS) | {args.top}))
-    quiet = bool(getattr(args, "quiet", False))
+    quiet = args.quiet
 
     queries = collect_queries(args.queries)
     with cli._engine_output_to_stderr():
@@ -118,10 +109,8 @@ def run(args: argparse.Namespace, settings) -> int:
 
     method = args.aggregation or settings.aggregation
     search_options = {}
-    channels = _channel_list(getattr(args, "search_channels", None))
+    channels = cli.channel_list(args.search_channels)
     if channels:
-        if "channels" not in inspect.signature(engine.search).parameters:
-            raise BadInputError("--channels: this engine searches a single channel; leave the option out.")
         search_options["channels"] = channels
     depth = max(args.top, len(index.shots))
     shots = index.shots
@@ -136,7 +125,7 @@ def run(args: argparse.Namespace, settings) -> int:
                 response = engine.search(info, [QueryImage(p, select=args.people, name=str(p)) for p in paths],
                                          top=depth, aggregation=method, **search_options)
             ranking = [r.shot_id for r in response.results]
-            keys = [(r.score, getattr(r, "similarity", None)) for r in response.results]
+            keys = [(r.score, r.similarity) for r in response.results]
             s = score_ranking(ranking, t.relevant, t.ignored, ks=ks, keys=keys, ties=args.ties)
             scored[name] = s
             if s.ap is None:
@@ -201,14 +190,6 @@ def run(args: argparse.Namespace, settings) -> int:
 
 
 # -- report pieces -----------------------------------------------------------------------------
-def _channel_list(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        value = value.split(",")
-    return list(dict.fromkeys(v.strip().lower() for v in value if v and v.strip()))
-
-
 def _round(value, digits: int = 4):
     return None if value is None else round(float(value), digits)
 
@@ -229,8 +210,8 @@ def _character_report(name, paths, truth, s, response, shots, top, ks) -> dict:
         label = "relevant" if r.shot_id in truth.relevant else "ignored" if r.shot_id in truth.ignored else "absent"
         listed.append({"rank": r.rank, "shot": r.shot, "scene": r.scene, "shot_id": r.shot_id,
                        "start_s": round(r.start_s, 3), "end_s": round(r.end_s, 3), "score": round(r.score, 4),
-                       "similarity": _round(getattr(r, "similarity", None)),
-                       "confidence": _round(getattr(r, "confidence", None)), "label": label})
+                       "similarity": _round(r.similarity),
+                       "confidence": _round(r.confidence), "label": label})
     ordered = sorted(truth.relevant, key=lambda i: (shots[i].start_frame, i))
     return {
         "queries": [str(p.resolve()) for p in paths],
@@ -264,13 +245,13 @@ def _command_line(args, settings, method: str) -> str:
              "--person-classes", ",".join(str(c) for c in settings.person_classes),
              "--embedder", settings.embedder, "--dinov2-model", settings.dinov2_model,
              "--clip-model", settings.clip_model, "--device", settings.device]
-    for flag, key in (("--osnet-model", "osnet_model"), ("--face-detector", "face_detector")):
-        if getattr(settings, key, None) is not None:
-            parts += [flag, str(getattr(settings, key))]
-    channels = _channel_list(getattr(args, "search_channels", None))
+    parts += ["--osnet-model", settings.osnet_model, "--face-detector", settings.face_detector]
+    from castfinder.cli import channel_list
+
+    channels = channel_list(args.search_channels)
     if channels:
         parts += ["--channels", ",".join(channels)]
-    if getattr(settings, "tracks", True) is False:
+    if not settings.tracks:
         parts.append("--no-tracks")
     if args.json:
         parts.append("--json")
@@ -390,38 +371,3 @@ def _print_table(console, report: dict, scored: dict, shots, ks, top: int) -> No
         console.print(f"[yellow]warning: {escape(w)}[/]")
     for path in report["plots"].values():
         console.print(f"Saved {escape(path)}", highlight=False)
-
-
-# -- standalone entry point --------------------------------------------------------------------
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m castfinder.eval_cmd ...` (with or without a leading `eval`): the same command
-    with the same error handling as `castfinder eval`, usable before it is wired into the CLI."""
-    import logging
-
-    from castfinder import cli
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] != ["eval"]:
-        argv = ["eval", *argv]
-    parser = argparse.ArgumentParser(prog="castfinder")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_parser(sub, [cli._model_flags()])
-    from core import CastfinderError
-
-    try:
-        args = parser.parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                            format="%(levelname)s %(name)s: %(message)s")
-        settings = cli.make_settings(args)
-        return run(args, settings)
-    except CastfinderError as exc:
-        return cli._fail(str(exc))
-    except KeyboardInterrupt:
-        print("\ninterrupted; nothing was changed.", file=sys.stderr)
-        return cli.EXIT_INTERRUPTED
-    except SystemExit as exc:
-        return int(exc.code or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

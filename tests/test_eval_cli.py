@@ -25,12 +25,10 @@ SEGMENTS = [((30, 10, 10), 30), ((40, 230, 240), 20), ((0, 0, 160), 40)]  # BGR;
 
 
 def run_eval(*argv: str) -> int:
-    """`castfinder eval …` through the real CLI once it is wired in, else the same command via
-    eval_cmd's own entry point (identical parser and error handling). Returns the exit code
-    (argparse's usage errors leave cli.main as SystemExit(2))."""
-    entry = cli.main if "eval" in cli.COMMANDS else eval_cmd.main
+    """`castfinder eval …` through the real CLI. Returns the exit code (argparse's usage errors
+    leave cli.main as SystemExit(2))."""
     try:
-        return entry(["eval", *argv])
+        return cli.main(["eval", *argv])
     except SystemExit as exc:
         return int(exc.code or 0)
 
@@ -233,7 +231,7 @@ def test_parser_registration_and_tie_modes_agree() -> None:
     assert eval_cmd.TIE_CHOICES == TIE_MODES
     parser = argparse.ArgumentParser(prog="castfinder")
     sub = parser.add_subparsers(dest="command")
-    eval_cmd.add_parser(sub, [cli._model_flags()])
+    eval_cmd.add_parser(sub, [cli._model_flags(), cli.search_flags()])
     args = parser.parse_args(["eval", "--movie", "m", "--ground-truth", "g.csv", "--queries", "q",
                               "--embedder", "clip", "--aggregation", "frequency"])
     assert (args.command, args.top, args.people, args.ties, args.json, args.plots) == ("eval", 20, "main",
