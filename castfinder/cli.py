@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path)
     p.add_argument("--save", type=Path, help="write the image with numbered boxes here (JPEG)")
 
+    p = sub.add_parser("models", help="list the models castfinder knows: local or not, size, licence",
+                       description="Every registered model: whether it is on this machine and where, its "
+                                   "size, licence and source. Never uses the network.")
+    p.add_argument("--models-dir", type=Path, help="where model files are looked for (CASTFINDER_MODELS_DIR)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+
     eval_cmd.add_parser(sub, [flags, searching])
     sub.add_parser("bot", help="run the Telegram bot (long polling)", add_help=False)
     return parser
@@ -308,7 +315,59 @@ def cmd_people(args, settings) -> int:
     return 0
 
 
-COMMANDS = {"index": cmd_index, "movies": cmd_movies, "search": cmd_search, "people": cmd_people, "eval": eval_cmd.run}
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.0f} kB"
+
+
+def cmd_models(args, settings) -> int:
+    from core import registry
+
+    if args.models_dir is not None:
+        settings = settings.model_copy(update={"models_dir": args.models_dir})
+    statuses = [registry.model_status(spec, settings) for spec in registry.REGISTRY.values()]
+    models_dir, cache = registry.models_dir(settings), registry.user_cache_models_dir()
+    if args.json:
+        print(json.dumps({
+            "models_dir": str(models_dir), "cache_dir": str(cache), "offline": registry.offline(),
+            "models": [{
+                "name": st.spec.name, "kind": st.spec.kind, "available": st.available, "where": st.where or None,
+                "path": str(st.path) if st.path else None, "size": st.size, "licence": st.spec.licence,
+                "commercial_use": st.spec.commercial_use, "source": st.spec.source,
+                "description": st.spec.description, "managed_by": st.spec.managed_by, "problem": st.problem or None,
+                "files": [{"filename": f.filename, "size": f.size, "sha256": f.sha256, "urls": list(f.urls)}
+                          for f in st.spec.files],
+                "derived_from": None if st.spec.derived_from is None else {
+                    "filename": st.spec.derived_from.source.filename, "size": st.spec.derived_from.source.size,
+                    "sha256": st.spec.derived_from.source.sha256, "urls": list(st.spec.derived_from.source.urls),
+                    "note": st.spec.derived_from.note},
+            } for st in statuses]}, ensure_ascii=False))
+        return 0
+    from rich.table import Table
+
+    labels = {"models dir": "yes", "cache": "yes", "ultralytics": "yes", "huggingface cache": "yes",
+              "convertible": "yes (converts on first use)", "mismatch": "[red]wrong file[/]"}
+    table = Table(title=f"Models (models dir {models_dir}; cache {cache})")
+    for col, justify in (("model", "left"), ("kind", "left"), ("local", "left"), ("where", "left"),
+                         ("size", "right"), ("licence", "left"), ("commercial", "left"), ("source", "left")):
+        table.add_column(col, justify=justify, no_wrap=col in ("model", "kind", "size", "commercial"),
+                         overflow="fold")
+    for st in statuses:
+        local = labels.get(st.where, "yes") if st.available or st.where == "mismatch" else "no"
+        where = (f"{st.where}: {st.path}" if st.path
+                 else "not here (offline)" if registry.offline() else "downloads on first use")
+        table.add_row(st.spec.name, st.spec.kind, local, where, _size(st.size), st.spec.licence,
+                      "yes" if st.spec.commercial_use else "[yellow]no[/]", st.spec.source)
+    console = _console()
+    console.print(table)
+    for st in statuses:
+        if st.problem:
+            console.print(f"[red]{st.spec.name}[/]: {st.problem}")
+    return 0
+
+
+COMMANDS = {"index": cmd_index, "movies": cmd_movies, "search": cmd_search, "people": cmd_people, "models": cmd_models, "eval": eval_cmd.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
 
     # Where built indexes live, one folder per movie.
     index_dir: Path = Path("indexes")
+    # Model files named in the registry (`castfinder models`) are looked for here first, then in
+    # the user cache (platformdirs: ~/.cache/castfinder/models on Linux). Downloads go here when it
+    # is writable, else to the cache.
+    models_dir: Path | None = None
 
     # People detector (ultralytics): a model name such as "yolov8s.pt" (downloaded on first
     # use) or a path to a .pt/.onnx file.
@@ -102,6 +106,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"unknown channel {unknown[0]!r}; choose from {', '.join(CHANNELS)}")
             return list(dict.fromkeys(value))
         return value
+
+    @field_validator("models_dir", mode="before")
+    @classmethod
+    def _empty_models_dir(cls, value: object) -> object:
+        # `CASTFINDER_MODELS_DIR=` (as in .env.example) means unset, not the current folder.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("person_classes", mode="before")
     @classmethod
