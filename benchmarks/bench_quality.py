@@ -1,11 +1,15 @@
-"""Retrieval quality and speed per configuration, on GoldenEye (frames) and Titanic (video).
+"""Retrieval quality per configuration on every development clip, old default beside new.
 
     HF_HUB_OFFLINE=1 YOLO_OFFLINE=1 .venv/bin/python benchmarks/bench_quality.py [--shared ../shared] [--out DIR]
 
-Builds the indexes each configuration needs, runs `castfinder eval --json` for every row (the
-exact command is printed with it), and prints a Markdown table: MAP, and AP / P@5 / R@10 per
-character, plus indexing crops/s and query latency p50 of the configuration. This is what
-docs/EVALUATION.md records.
+Clips (../shared/data): GoldenEye (frames folder), Titanic (video), the Office and Supernatural
+TV edits (videos with many characters): 102 annotated shots, 10 characters. Builds the indexes the
+configurations need, runs `castfinder eval --json` for every configuration × clip (the exact
+command is printed with it) and prints Markdown tables: MAP per clip in both scoring views (per
+indexed shot, as `castfinder eval` scores by default, and per annotated shot, where a merged shot
+costs the annotated shots it swallowed), MAP over all characters, each character's AP and the
+rank of its first true shot, and how the calibrated confidence holds at the bot's 50% line.
+This is what docs/EVALUATION.md records.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -25,32 +30,31 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="castfinder-yolo-"))
-sys.path.insert(0, str(REPO))
 
 
 @dataclass(frozen=True)
-class Row:
+class Config:
     label: str
     index: str  # which index (see INDEXES)
-    search: tuple[str, ...]  # extra `castfinder eval` flags
+    search: tuple[str, ...] = ()  # extra `castfinder eval` flags
 
 
-# index name -> `castfinder index` flags
+# Index name -> `castfinder index` flags. "old" is the configuration measured before the new models
+# (OSNet body + YuNet/dlib faces); "new" holds every new channel so that each can be searched alone.
 INDEXES = {
-    "osnet": ("--channels", "osnet"),
-    "osnet-nodedup": ("--channels", "osnet", "--no-dedup"),
-    "osnet-dedup90": ("--channels", "osnet", "--dedup-threshold", "0.90"),
-    "fused": ("--channels", "osnet,face"),
+    "old": ("--channels", "osnet,face", "--face-detector", "yunet", "--face-model", "dlib"),
+    "new": ("--channels", "reid,osnet,face"),
 }
-ROWS = [
-    Row("baseline: body (OSNet) only, max", "osnet", ()),
-    Row("+ no de-duplication", "osnet-nodedup", ()),
-    Row("+ de-duplication at 0.90", "osnet-dedup90", ()),
-    Row("body only, frequency", "osnet", ("--aggregation", "frequency")),
-    Row("body only, RRF", "osnet", ("--aggregation", "rrf")),
-    Row("face only", "fused", ("--channels", "face")),
-    Row("face + body fused, per crop", "fused", ("--no-tracks",)),
-    Row("face + body fused, + tracks (default)", "fused", ()),
+CONFIGS = [
+    Config("old default: OSNet + YuNet/dlib face, fused", "old"),
+    Config("old: face only (YuNet + dlib)", "old", ("--channels", "face")),
+    Config("old: body only (OSNet)", "old", ("--channels", "osnet")),
+    Config("new: face only (SCRFD + EdgeFace)", "new", ("--channels", "face")),
+    Config("new: body only (reid-0277)", "new", ("--channels", "reid")),
+    Config("new: body only (OSNet, same index)", "new", ("--channels", "osnet")),
+    Config("new: EdgeFace + OSNet, fused", "new", ("--channels", "face,osnet")),
+    Config("new default: EdgeFace + reid-0277, fused", "new", ("--channels", "face,reid")),
+    Config("new default without propagation", "new", ("--channels", "face,reid", "--no-expand")),
 ]
 
 
@@ -62,88 +66,146 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[str, float]:
     return proc.stdout, time.perf_counter() - start
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    ap.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="castfinder-quality-")))
-    args = ap.parse_args()
-    shared = args.shared.resolve()
-    data, weights = shared / "data", shared / "weights"
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+def clips(data: Path, out: Path) -> dict[str, tuple[Path, Path, Path]]:
+    """Movie name -> (source, ground truth, queries folder)."""
     # Titanic's reference images are named by kind; eval wants <character>_*.jpg.
     tq = out / "titanic_queries"
-    tq.mkdir(exist_ok=True)
+    tq.mkdir(parents=True, exist_ok=True)
     for src in ("portrait_jack", "body_jack", "portrait_rose", "body_rose", "face_rose"):
         kind, who = src.split("_")
         link = tq / f"{who}_{kind}.jpg"
         if not link.exists():
             link.symlink_to(data / "titanic" / f"{src}.jpg")
-    env = {**os.environ,
-           "CASTFINDER_DETECTOR": str(weights / "person_yolov8s_falldet.pt"), "CASTFINDER_PERSON_CLASSES": "0,1",
-           "CASTFINDER_OSNET_MODEL": str(weights / "osnet_x0_25_msmt17.onnx"),
-           "CASTFINDER_FACE_DETECTOR": str(weights / "face_detection_yunet.onnx"), "CASTFINDER_DEVICE": "cpu"}
-    cli = [sys.executable, "-m", "castfinder"]
-    movies = {
+    return {
         "GoldenEye": (data / "goldeneye" / "frames", data / "goldeneye" / "ground_truth.csv", data / "goldeneye" / "queries"),
         "Titanic": (data / "titanic" / "titanic_20s.mp4", data / "titanic" / "ground_truth.csv", tq),
+        "Office": (data / "office" / "office_edit.mp4", data / "office" / "ground_truth.csv", data / "office" / "queries"),
+        "Supernatural": (data / "supernatural" / "supernatural_edit.mp4", data / "supernatural" / "ground_truth.csv",
+                         data / "supernatural" / "queries"),
     }
-    print("Settings: CASTFINDER_DETECTOR=…/person_yolov8s_falldet.pt CASTFINDER_PERSON_CLASSES=0,1 "
-          "CASTFINDER_OSNET_MODEL=…/osnet_x0_25_msmt17.onnx CASTFINDER_FACE_DETECTOR=…/face_detection_yunet.onnx\n")
-    index_speed: dict[tuple[str, str], float] = {}
-    for movie, (source, _, _) in movies.items():
-        for name, flags in INDEXES.items():
-            index_dir = out / "indexes" / name
-            cmd = [*cli, "index", str(source), "--movie", movie, "--index-dir", str(index_dir), "--quiet", "--json", *flags]
-            stdout, wall = run(cmd, env)
-            report = json.loads(stdout)
-            index_speed[(movie, name)] = report["persons_detected"] / wall
-            print(f"index {movie} [{name}]: {report['persons_detected']} people, {report['crops_kept']} kept, "
-                  f"{wall:.1f} s wall ({index_speed[(movie, name)]:.1f} crops/s)\n  $ {shlex.join(cmd)}", flush=True)
-    print()
-    from core import Engine, QueryImage, Settings
 
-    header = ("| configuration | movie | MAP | per character: AP · P@5 · R@10 | confidence ≥ 0.5: precision · recall "
-              "| index crops/s | query p50 |\n|---|---|---|---|---|---|---|")
-    lines = [header]
-    commands = []
-    for row in ROWS:
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    ap.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="castfinder-quality-")))
+    ap.add_argument("--configs", help="comma list of configuration numbers to run (1-based); default all")
+    args = ap.parse_args()
+    shared = args.shared.resolve()
+    data, weights = shared / "data", shared / "weights"
+    out = args.out.resolve()
+    movies = clips(data, out)
+    configs = CONFIGS if not args.configs else [CONFIGS[int(i) - 1] for i in args.configs.split(",")]
+    # Only what the product's contract needs: the models folder, the detector and its classes.
+    env = {**os.environ, "CASTFINDER_MODELS_DIR": str(weights),
+           "CASTFINDER_DETECTOR": str(weights / "person_yolov8s_falldet.pt"), "CASTFINDER_PERSON_CLASSES": "0,1",
+           "CASTFINDER_DEVICE": "cpu"}
+    cli = [sys.executable, "-m", "castfinder"]
+    print(f"Machine: {machine()}")
+    print(f"Settings: CASTFINDER_MODELS_DIR={weights} CASTFINDER_DETECTOR=…/person_yolov8s_falldet.pt "
+          "CASTFINDER_PERSON_CLASSES=0,1 (everything else default)\n")
+    needed = {c.index for c in configs}
+    index_seconds: dict[tuple[str, str], dict] = {}
+    for movie, (source, _, _) in movies.items():
+        for name in needed:
+            index_dir = out / "indexes" / name
+            cmd = [*cli, "index", str(source), "--movie", movie, "--index-dir", str(index_dir), "--quiet", "--json",
+                   *INDEXES[name]]
+            manifest = index_dir / movie.lower() / "manifest.json"
+            if manifest.is_file() and os.environ.get("CASTFINDER_BENCH_REUSE"):
+                report = {"persons_detected": None, "seconds": json.loads(manifest.read_text()).get("seconds", {})}
+                wall = float("nan")
+            else:
+                stdout, wall = run(cmd, env)
+                report = json.loads(stdout)
+            index_seconds[(movie, name)] = report["seconds"]
+            print(f"index {movie} [{name}]: {report['persons_detected']} people, {wall:.1f} s wall; stages "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items())
+                  + f"\n  $ {shlex.join(cmd)}", flush=True)
+    print()
+    reports: dict[tuple[str, str], dict] = {}
+    commands: list[str] = []
+    for config in configs:
         for movie, (_, gt, queries) in movies.items():
-            index_dir = out / "indexes" / row.index
             cmd = [*cli, "eval", "--movie", movie, "--ground-truth", str(gt), "--queries", str(queries),
-                   "--index-dir", str(index_dir), "--top", "20", "--json", *row.search]
+                   "--index-dir", str(out / "indexes" / config.index), "--top", "20", "--json", "--quiet",
+                   *config.search]
             stdout, _ = run(cmd, env)
-            report = json.loads(stdout)
-            per = "; ".join(f"{name} {c['ap']:.3f} · {c['precision']['5']:.2f} · {c['recall']['10']:.2f}"
-                            for name, c in report["characters"].items())
-            # Does the calibrated confidence mean what it says? Results at ≥ 50%: how many are right,
-            # and how many of the character's shots get there.
-            sure = [r for c in report["characters"].values() for r in c["ranking"]
-                    if r["confidence"] >= 0.5 and r["label"] != "ignored"]
-            right = sum(r["label"] == "relevant" for r in sure)
-            relevant = sum(c["relevant"] for c in report["characters"].values())
-            calib = f"{right / len(sure):.2f} · {right / relevant:.2f}" if sure else "– · 0.00"
-            # Query latency of this configuration, in-process, models warm.
-            settings = Settings(_env_file=None, index_dir=index_dir, detector=env["CASTFINDER_DETECTOR"],
-                                person_classes=[0, 1], osnet_model=env["CASTFINDER_OSNET_MODEL"],
-                                face_detector=env["CASTFINDER_FACE_DETECTOR"], device="cpu",
-                                tracks="--no-tracks" not in row.search,
-                                aggregation=(row.search[1] if row.search[:1] == ("--aggregation",) else "max"))
-            engine = Engine(settings, load_models=False)
-            channels = [row.search[1]] if row.search[:1] == ("--channels",) else None
-            images = sorted(p for p in queries.iterdir())[:2]
-            times = []
-            for i in range(7):
-                start = time.perf_counter()
-                engine.search(movie, [QueryImage(p) for p in images], top=20, channels=channels)
-                if i:  # the first call loads the models
-                    times.append(time.perf_counter() - start)
-            p50 = sorted(times)[len(times) // 2] * 1000
-            lines.append(f"| {row.label} | {movie} | **{report['summary']['map']:.3f}** | {per} | {calib} | "
-                         f"{index_speed[(movie, row.index)]:.1f} | {p50:.0f} ms |")
-            commands.append(f"- {row.label}, {movie}: `{shlex.join(cmd)}`")
-            print(lines[-1], flush=True)
-    print("\n" + "\n".join(lines))
+            reports[(config.label, movie)] = json.loads(stdout)
+            commands.append(f"- {config.label}, {movie}: `{shlex.join(cmd)}`")
+        print(f"done: {config.label}", flush=True)
+
+    names = list(movies)
+    print("\n## MAP per clip: per indexed shot / per annotated shot\n")
+    print("| configuration | " + " | ".join(names) + " | all 10 characters | worst character | first true shot ≤ 3 |")
+    print("|---|" + "---|" * (len(names) + 3))
+    for config in configs:
+        cells, aps, aps_ann, firsts, worst = [], [], [], [], None
+        for movie in names:
+            r = reports[(config.label, movie)]
+            s = r["summary"]
+            cells.append(f"{_fmt(s['map'])} / {_fmt(s.get('map_annotated'))}")
+            for cname, c in r["characters"].items():
+                ann = c.get("annotated", {})
+                a = ann.get("ap", c["ap"])
+                if a is None:
+                    continue
+                aps.append(c["ap"])
+                aps_ann.append(a)
+                firsts.append(ann.get("first_rank", c.get("first_rank")))
+                if worst is None or a < worst[1]:
+                    worst = (cname, a)
+        mean = sum(aps) / len(aps)
+        mean_ann = sum(aps_ann) / len(aps_ann)
+        top3 = sum(1 for f in firsts if f is not None and f <= 3)
+        print(f"| {config.label} | " + " | ".join(cells)
+              + f" | **{mean:.3f} / {mean_ann:.3f}** | {worst[0]} {worst[1]:.3f} | {top3}/{len(firsts)} |")
+
+    print("\n## Per character (AP per indexed shot / per annotated shot, rank of the first true shot)\n")
+    chars = [(movie, cname) for movie in names for cname in reports[(configs[0].label, movie)]["characters"]]
+    print("| configuration | " + " | ".join(c for _, c in chars) + " |")
+    print("|---|" + "---|" * len(chars))
+    for config in configs:
+        cells = []
+        for movie, cname in chars:
+            c = reports[(config.label, movie)]["characters"][cname]
+            ann = c.get("annotated", {})
+            cells.append(f"{_fmt(c['ap'])} / {_fmt(ann.get('ap'))} · #{ann.get('first_rank', c.get('first_rank'))}")
+        print(f"| {config.label} | " + " | ".join(cells) + " |")
+
+    print("\n## Confidence at the bot's 50% line (all clips together)\n")
+    print("| configuration | results ≥ 50% | precision | recall of true shots |")
+    print("|---|---|---|---|")
+    for config in configs:
+        sure = right = relevant = 0
+        for movie in names:
+            for c in reports[(config.label, movie)]["characters"].values():
+                ranked = [x for x in c["ranking"] if x["confidence"] >= 0.5 and x["label"] != "ignored"]
+                sure += len(ranked)
+                right += sum(x["label"] == "relevant" for x in ranked)
+                relevant += c["relevant"]
+        prec = f"{right / sure:.2f}" if sure else "–"
+        print(f"| {config.label} | {sure} | {prec} | {right / max(relevant, 1):.2f} |")
+
+    print("\n## Indexing stage seconds\n")
+    for (movie, name), seconds in index_seconds.items():
+        print(f"- {movie} [{name}]: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     print("\nCommands (index folders under " + str(out / "indexes") + "):\n" + "\n".join(commands))
     return 0
 

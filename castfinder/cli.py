@@ -41,8 +41,10 @@ def _model_flags() -> argparse.ArgumentParser:
     g.add_argument("--dinov2-model", help="HF id or local folder (CASTFINDER_DINOV2_MODEL)")
     g.add_argument("--clip-model", help="HF id or local folder (CASTFINDER_CLIP_MODEL)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="CASTFINDER_DEVICE")
-    g.add_argument("--osnet-model", help="OSNet re-id ONNX file (CASTFINDER_OSNET_MODEL)")
-    g.add_argument("--face-detector", help="hog, cnn or a YuNet .onnx path (CASTFINDER_FACE_DETECTOR)")
+    g.add_argument("--reid-model", help="body re-id model: reid_0277 or a path (CASTFINDER_REID_MODEL)")
+    g.add_argument("--osnet-model", help="OSNet re-id model: osnet_x0_25 or an ONNX path (CASTFINDER_OSNET_MODEL)")
+    g.add_argument("--face-detector", help="scrfd_2.5g, scrfd_500m, yunet, hog, cnn or a path (CASTFINDER_FACE_DETECTOR)")
+    g.add_argument("--face-model", help="edgeface_xs, dlib or an ONNX path (CASTFINDER_FACE_MODEL)")
     g.add_argument("--threads", type=int, dest="torch_threads", help="torch CPU threads (CASTFINDER_TORCH_THREADS)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     g.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
@@ -56,6 +58,8 @@ def search_flags() -> argparse.ArgumentParser:
                    help="search only these of the index's channels, e.g. face (default: all of them)")
     p.add_argument("--no-tracks", action="store_false", dest="tracks", default=None,
                    help="fuse channels per crop instead of per tracked person (CASTFINDER_TRACKS)")
+    p.add_argument("--no-expand", action="store_false", dest="expand", default=None,
+                   help="one round of search: no second round from the confident matches (CASTFINDER_EXPAND)")
     return p
 
 
@@ -85,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dedup", action="store_false", dest="dedup", default=None,
                    help="keep near-duplicate crops inside a shot")
     p.add_argument("--dedup-threshold", type=float, help="cosine similarity above which a crop is a duplicate")
-    p.add_argument("--channels", help="comma list from dinov2, clip, osnet, face (CASTFINDER_CHANNELS)")
+    p.add_argument("--channels", help="comma list from face, reid, osnet, dinov2, clip (CASTFINDER_CHANNELS)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("movies", parents=[flags], help="list indexed movies")
@@ -120,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _OVERRIDES = ("index_dir", "detector", "person_classes", "embedder", "dinov2_model", "clip_model", "device",
               "torch_threads", "sample_fps", "frames_fps", "faiss_index", "dedup", "dedup_threshold", "aggregation",
-              "osnet_model", "face_detector", "tracks", "channels")
+              "osnet_model", "reid_model", "face_detector", "face_model", "tracks", "expand", "channels")
 
 
 def make_settings(args: argparse.Namespace):

@@ -13,7 +13,9 @@ import numpy as np
 from PIL import Image
 
 from .embedders import Embedder, make_embedder
-from .settings import BODY_CHANNELS, Settings
+from .errors import ModelNotFoundError
+from .registry import resolve_model
+from .settings import BODY_CHANNELS, Settings, parse_face_spec
 
 
 @dataclass(frozen=True)
@@ -50,25 +52,76 @@ class FaceChannel(Channel):
     kind = "face"
     name = "face"
 
-    def __init__(self, detector: str, *, min_face_px: int) -> None:
-        from .faces import FaceEncoder
+    def __init__(self, spec: str, settings: Settings) -> None:
+        """`spec` is "<detector>+<recogniser>" as an index records it (see settings.face_spec)."""
+        detector, recogniser = parse_face_spec(spec)
+        self.model_name = spec
+        if recogniser == "dlib":
+            from .faces import FaceEncoder
 
-        self.encoder = FaceEncoder(detector, min_face_px=min_face_px)
-        self.model_name = detector
+            self.encoder = FaceEncoder(_local_if_registered(detector, "CASTFINDER_FACE_DETECTOR", settings),
+                                       min_face_px=settings.min_face_px)
+        else:
+            self.encoder = _onnx_face_encoder(detector, recogniser, spec, settings)
         self.dim = self.encoder.dim
 
     def encode(self, crops: Sequence[Image.Image]) -> Encoded:
         vectors, hits = self.encoder.encode(crops)
         return Encoded(vectors, np.array([h.crop_index for h in hits], dtype=np.int64), [h.box for h in hits])
 
+    @property
+    def per_frame(self) -> bool:
+        """Whether faces are found once per frame (then use `encode_frames`)."""
+        return hasattr(self.encoder, "encode_frames")
+
+    def encode_frames(self, frames: Sequence[np.ndarray], people: Sequence[np.ndarray]) -> Encoded:
+        """Faces of the people in whole frames; `rows` number the people of all frames in order,
+        `boxes` are in frame pixels."""
+        vectors, hits = self.encoder.encode_frames(frames, people)
+        return Encoded(vectors, np.array([h.crop_index for h in hits], dtype=np.int64), [h.box for h in hits])
+
+
+_DLIB_DETECTORS = ("hog", "cnn")
+
+
+def _local_if_registered(value: str, setting: str, settings: Settings) -> str:
+    """dlib's detectors are built in; anything else (yunet) is a model file to resolve."""
+    if value in _DLIB_DETECTORS:
+        return value
+    return str(resolve_model(value, setting=setting, settings_or_models_dir=settings))
+
+
+def _onnx_face_encoder(detector: str, recogniser: str, spec: str, settings: Settings):
+    from .face_models import EdgeFaceEmbedder, OnnxFaceEncoder, ScrfdDetector, YunetDetector
+
+    if detector in _DLIB_DETECTORS:
+        raise ModelNotFoundError(
+            "face detector", detector, "CASTFINDER_FACE_DETECTOR",
+            f"{recogniser} needs a detector that finds the 5 face landmarks: scrfd_2.5g, scrfd_500m or yunet "
+            "(or set CASTFINDER_FACE_MODEL=dlib to use dlib's detectors)",
+        )
+    threads = settings.torch_threads
+    det_path = resolve_model(detector, setting="CASTFINDER_FACE_DETECTOR", settings_or_models_dir=settings)
+    if "yunet" in det_path.name.lower():
+        det = YunetDetector(det_path)
+    else:
+        det = ScrfdDetector(det_path, threads=threads)
+    emb_path = resolve_model(recogniser, setting="CASTFINDER_FACE_MODEL", settings_or_models_dir=settings)
+    embedder = EdgeFaceEmbedder(emb_path, batch=settings.embed_batch, threads=threads)
+    return OnnxFaceEncoder(det, embedder, min_face_px=settings.min_face_px, model_name=spec)
+
 
 def make_channel(name: str, model: str, settings: Settings, device: str) -> Channel:
     if name == "face":
-        return FaceChannel(model, min_face_px=settings.min_face_px)
-    if name == "osnet":
-        from .reid import OsnetEmbedder
+        return FaceChannel(model, settings)
+    if name in ("osnet", "reid"):
+        from .reid import make_reid
 
-        return BodyChannel(OsnetEmbedder(model, batch=settings.embed_batch, threads=settings.torch_threads))
+        setting = f"CASTFINDER_{name.upper()}_MODEL"
+        path = resolve_model(model, setting=setting, settings_or_models_dir=settings)
+        channel = BodyChannel(make_reid(model, path, batch=settings.embed_batch, threads=settings.torch_threads))
+        channel.name = name
+        return channel
     if name in BODY_CHANNELS:
         return BodyChannel(make_embedder(name, model, device=device, batch=settings.embed_batch))
     raise ValueError(f"unknown channel {name!r}")

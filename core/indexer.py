@@ -130,7 +130,8 @@ class Indexer:
                 manifest["seconds"] = dict(timer.seconds)
                 manifest["elapsed_s"] = time.perf_counter() - started
                 for channel, calib in writer.calibrate(calibration.fit).items():
-                    manifest["channels"][channel]["calibration"] = calib.to_json()
+                    kind = manifest["channels"][channel]["kind"]
+                    manifest["channels"][channel]["calibration"] = calibration.with_link(calib, kind).to_json()
                 final = writer.commit(manifest, s.faiss_index, {c.name: c.dim for c in self.channels})
                 progress(Progress("write", 1, 1, "index"))
         except BaseException:
@@ -247,12 +248,24 @@ class Indexer:
             if channel is self.primary:
                 encoded[channel.name] = (primary_vecs[kept], np.arange(len(kept)))
                 continue
+            per_frame = getattr(channel, "per_frame", False)
             with timer(f"embed_{channel.name}"):
-                enc = channel.encode(kept_crops)
+                if per_frame:
+                    # Faces once per frame, given to the frame's kept people (in `kept` order).
+                    kept_set = set(kept.tolist())
+                    people, start = [], 0
+                    for dets in detections:
+                        ids = [i for i in range(start, start + len(dets)) if i in kept_set]
+                        people.append(np.array([rows[i].bbox for i in ids], dtype=np.float64).reshape(-1, 4))
+                        start += len(dets)
+                    enc = channel.encode_frames([f.image for f in batch], people)
+                else:
+                    enc = channel.encode(kept_crops)
             encoded[channel.name] = (enc.vectors, enc.rows)
             if channel.kind == "face" and enc.boxes:
                 for local, (fx1, fy1, fx2, fy2) in zip(enc.rows, enc.boxes):
-                    x1, y1 = (int(v) for v in rows[kept[local]].bbox[:2])
+                    # Per-crop boxes are in crop pixels: shift them by where the crop was cut.
+                    x1, y1 = (0, 0) if per_frame else (int(v) for v in rows[kept[local]].bbox[:2])
                     faces.append((int(local), (x1 + fx1, y1 + fy1, x1 + fx2, y1 + fy2)))
         kept_rows = [CropRow(rows[i].shot_id, rows[i].frame_index, rows[i].frame_s, rows[i].bbox,
                              rows[i].det_score, track_ids[i]) for i in kept]

@@ -1,7 +1,8 @@
-"""Person re-identification embeddings with OSNet (torchreid's model zoo, exported to ONNX).
+"""Person re-identification embeddings: OSNet (torchreid's model zoo, exported to ONNX) and Intel
+Open Model Zoo's person-reidentification-retail-0277 (an OpenVINO IR).
 
 Re-id models are trained to tell people apart across cameras by clothing, build and hair: the
-body channel that works on this project's machines (DINOv2 and CLIP weights cannot be had here).
+body channels that work on this project's machines (DINOv2 and CLIP weights cannot be had here).
 """
 
 from __future__ import annotations
@@ -61,3 +62,56 @@ class OsnetEmbedder(Embedder):
             with self._lock:
                 rows.append(self._session.run(None, {self._input: batch})[0])
         return l2_normalise(np.concatenate(rows))
+
+
+class OpenVinoReidEmbedder(Embedder):
+    """An OpenVINO IR re-id model such as person-reidentification-retail-0277: 256×128 BGR input in
+    raw 0–255 (the model normalises inside), one vector per crop."""
+
+    name = "reid"
+    setting = "CASTFINDER_REID_MODEL"
+
+    def __init__(self, model: str, path: Path, *, batch: int, threads: int = 0) -> None:
+        self.model_name = model
+        self.batch = batch
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise ModelNotFoundError("re-id model", model, self.setting, "openvino is not installed") from exc
+        core = ov.Core()
+        try:
+            net = core.read_model(str(path))
+            inp = net.inputs[0]
+            _, _, self._h, self._w = (int(d) for d in inp.get_partial_shape().get_min_shape())
+            # A dynamic batch: one compiled model serves batches of any size.
+            net.reshape({inp: ov.PartialShape([-1, 3, self._h, self._w])})
+            config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+            self._compiled = core.compile_model(net, "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError for unreadable or unsuitable files
+            raise ModelNotFoundError("re-id model", model, self.setting, str(exc).splitlines()[0]) from exc
+        self.dim = int(net.outputs[0].get_partial_shape().get_max_shape()[-1])
+        self._lock = threading.Lock()
+        self._request = self._compiled.create_infer_request()
+
+    def _prepare(self, crop: Image.Image) -> np.ndarray:
+        arr = np.asarray(crop.convert("RGB").resize((self._w, self._h), Image.Resampling.BILINEAR), dtype=np.float32)
+        return arr[:, :, ::-1].transpose(2, 0, 1)
+
+    def embed(self, crops: Sequence[Image.Image]) -> np.ndarray:
+        if not crops:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        rows = []
+        for start in range(0, len(crops), self.batch):
+            batch = np.ascontiguousarray(np.stack([self._prepare(c) for c in crops[start : start + self.batch]]))
+            with self._lock:
+                rows.append(np.array(self._request.infer({0: batch})[0]))
+        return l2_normalise(np.concatenate(rows))
+
+
+def make_reid(model: str, path: Path, *, batch: int, threads: int = 0) -> Embedder:
+    """The re-id embedder for a model file: an OpenVINO IR (.xml) or an OSNet-style ONNX file."""
+    if path.suffix.lower() == ".xml":
+        return OpenVinoReidEmbedder(model, path, batch=batch, threads=threads)
+    embedder = OsnetEmbedder(str(path), batch=batch, threads=threads)
+    embedder.name, embedder.model_name, embedder.setting = "reid", model, "CASTFINDER_REID_MODEL"
+    return embedder

@@ -12,11 +12,23 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EmbedderName = Literal["dinov2", "clip"]
-BODY_CHANNELS = ("dinov2", "clip", "osnet")
+BODY_CHANNELS = ("dinov2", "clip", "osnet", "reid")
 CHANNELS = (*BODY_CHANNELS, "face")
 Aggregation = Literal["max", "frequency", "rrf"]
 FaissKind = Literal["flat", "ivf", "hnsw"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+def face_spec(detector: str, model: str) -> str:
+    """The face channel's model as an index records it: detector and recogniser."""
+    return f"{detector}+{model}"
+
+
+def parse_face_spec(spec: str) -> tuple[str, str]:
+    """(detector, recogniser) of a recorded face model; indexes from before the ONNX faces
+    recorded only dlib's detector."""
+    detector, sep, model = spec.rpartition("+")
+    return (detector, model) if sep and detector else (spec, "dlib")
 
 
 class Settings(BaseSettings):
@@ -50,14 +62,21 @@ class Settings(BaseSettings):
     dinov2_model: str = "facebook/dinov2-small"
     clip_model: str = "openai/clip-vit-base-patch16"
     embed_batch: int = Field(32, ge=1)
-    # Embedding channels an index holds, comma-separated, from dinov2, clip, osnet, face.
-    # Empty: the embedder above alone. The first body channel drives de-duplication and tracks.
-    channels: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # OSNet person re-identification model (ONNX, 256x128 input).
-    osnet_model: str = "models/osnet_x0_25_msmt17.onnx"
-    # Face detector used inside person crops: hog or cnn (dlib's, bundled with the face extra)
-    # or the path of a YuNet .onnx file (OpenCV Zoo; finds smaller and turned faces).
-    face_detector: str = "hog"
+    # Embedding channels an index holds, comma-separated, from dinov2, clip, osnet, reid, face.
+    # The default is the best measured configuration (docs/EVALUATION.md). Empty: the embedder
+    # above alone. The first body channel drives de-duplication and tracks.
+    channels: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["face", "reid"])
+    # Body re-identification (the reid channel): a registry name (`castfinder models`) or a path
+    # to an OpenVINO IR (.xml, its .bin beside it) or an OSNet-style ONNX file.
+    reid_model: str = "reid_0277"
+    # OSNet re-identification (the osnet channel): a registry name or an ONNX path (256x128 input).
+    osnet_model: str = "osnet_x0_25"
+    # Face detector: scrfd_2.5g, scrfd_500m or yunet (ONNX, with landmarks; a registry name or a
+    # path), or dlib's hog / cnn (with CASTFINDER_FACE_MODEL=dlib; needs the face extra).
+    face_detector: str = "scrfd_2.5g"
+    # Face recognition: edgeface_xs (512-d, ONNX; a registry name or a path) or dlib (128-d ResNet,
+    # the face extra; no download).
+    face_model: str = "edgeface_xs"
     min_face_px: int = Field(20, ge=4)
     # Link each person's detections across a shot's sampled frames (box overlap + appearance),
     # so that a confident face match lifts the whole track.
@@ -75,6 +94,9 @@ class Settings(BaseSettings):
     scene_threshold: float = Field(27.0, gt=0)
     min_shot_frames: int = Field(15, ge=1)
 
+    # Propagation: the people matched confidently by a search become extra queries (their other
+    # views in the film) for a second round, which finds their back views and other looks.
+    expand: bool = True
     # Near-duplicate crops inside one shot are dropped when their cosine similarity to a kept
     # crop of the same shot exceeds the threshold.
     dedup: bool = True
@@ -130,7 +152,7 @@ class Settings(BaseSettings):
 
     def model_for(self, channel: str) -> str:
         return {"dinov2": self.dinov2_model, "clip": self.clip_model, "osnet": self.osnet_model,
-                "face": self.face_detector}[channel]
+                "reid": self.reid_model, "face": face_spec(self.face_detector, self.face_model)}[channel]
 
     def index_channels(self) -> list[str]:
         return list(self.channels) or [self.embedder]

@@ -312,6 +312,9 @@ class MovieIndex:
             for channel, spec in manifest["channels"].items():
                 data = np.fromfile(path / spec["file"], dtype=np.uint8)
                 self.faiss[channel] = faiss.deserialize_index(data)
+                if isinstance(faiss.downcast_index(self.faiss[channel]), faiss.IndexIVF):
+                    # Propagation reads stored vectors back by crop id.
+                    faiss.extract_index_ivf(self.faiss[channel]).set_direct_map_type(faiss.DirectMap.Hashtable)
                 self.calibration[channel] = Calibration.from_json(spec.get("calibration"))
             self._load_meta(path / META)
         except (OSError, KeyError, RuntimeError, sqlite3.Error, ValueError) as exc:
@@ -342,6 +345,14 @@ class MovieIndex:
         self.crop_bbox = table[:, 3:7]
         self.crop_track = table[:, 7].astype(np.int64)
         self.face_box = {int(r[0]): tuple(r[1:]) for r in faces}
+
+    def vectors(self, channel: str, crop_ids: np.ndarray) -> np.ndarray | None:
+        """The stored vectors of some crops (FAISS ids), or None where the index cannot give them back."""
+        index = self.faiss[channel]
+        try:
+            return np.stack([index.reconstruct(int(i)) for i in crop_ids]).astype(np.float32)
+        except RuntimeError:  # an IVF index without a direct map, or an id the channel lacks
+            return None
 
     def search(self, channel: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         index = self.faiss[channel]

@@ -72,8 +72,10 @@ def make_settings(tmp_path: Path, tiny_dinov2: Path):
     from core import Settings
 
     def make(**overrides) -> Settings:
+        # The tiny DINOv2 alone unless a test asks for channels (the product's default channels
+        # need real weights).
         values = dict(index_dir=tmp_path / "indexes", detector="yolov8n.yaml", dinov2_model=str(tiny_dinov2),
-                      device="cpu", det_imgsz=320)
+                      device="cpu", det_imgsz=320, channels=["dinov2"])
         values.update(overrides)
         return Settings(_env_file=None, **values)
 
@@ -84,7 +86,7 @@ def real_detector_settings(index_dir: Path, dinov2: Path, **overrides):
     from core import Settings
 
     values = dict(index_dir=index_dir, detector=str(PERSON_DETECTOR), person_classes=[0, 1],
-                  dinov2_model=str(dinov2), device="cpu")
+                  dinov2_model=str(dinov2), device="cpu", channels=["dinov2"], models_dir=WEIGHTS)
     values.update(overrides)
     return Settings(_env_file=None, **values)
 

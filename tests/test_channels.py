@@ -175,8 +175,8 @@ def test_a_face_match_lifts_the_whole_track() -> None:
     )
     hits = {"osnet": (np.array([[0.26, 0.15, 0.05]]), np.array([[2, 1, 0]])),
             "face": (np.array([[0.4]]), np.array([[0]]))}
-    by_crop = fuse(index, hits, use_tracks=False)
-    by_track = fuse(index, hits, use_tracks=True)
+    by_crop = fuse(index, hits, use_tracks=False, weigh_bodies=False)
+    by_track = fuse(index, hits, use_tracks=True, weigh_bodies=False)
     assert [f.shot_id for f in by_crop] == [2, 1]
     assert [f.shot_id for f in by_track] == [1, 2]
     assert by_track[0].best_crop == 1  # located at the body's best view of the person

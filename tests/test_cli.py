@@ -24,7 +24,8 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_dinov2: Path) -> P
     torch.manual_seed(0)
     index_dir = tmp_path / "indexes"
     for key, value in {"INDEX_DIR": str(index_dir), "DETECTOR": "yolov8n.yaml", "DINOV2_MODEL": str(tiny_dinov2),
-                       "DET_CONF": "0.0001", "DET_IMGSZ": "160", "MIN_PERSON_PX": "4", "DEVICE": "cpu"}.items():
+                       "DET_CONF": "0.0001", "DET_IMGSZ": "160", "MIN_PERSON_PX": "4", "DEVICE": "cpu",
+                       "CHANNELS": "dinov2"}.items():
         monkeypatch.setenv(f"CASTFINDER_{key}", value)
     return index_dir
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from castfinder.cli import main
-from tests.conftest import DATA, GOLDENEYE_FRAMES, PERSON_DETECTOR, TITANIC, requires_shared
+from tests.conftest import DATA, GOLDENEYE_FRAMES, PERSON_DETECTOR, TITANIC, WEIGHTS, requires_shared
 
 pytestmark = [requires_shared, pytest.mark.shared]
 TITANIC_FPS = 24000 / 1001
@@ -23,6 +23,8 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_dinov2: Path) 
     monkeypatch.setenv("CASTFINDER_PERSON_CLASSES", "0,1")
     monkeypatch.setenv("CASTFINDER_DINOV2_MODEL", str(tiny_dinov2))
     monkeypatch.setenv("CASTFINDER_DEVICE", "cpu")
+    # The product's default channels (faces + body re-id), from the real weights.
+    monkeypatch.setenv("CASTFINDER_MODELS_DIR", str(WEIGHTS))
     return index_dir
 
 

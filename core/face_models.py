@@ -1,0 +1,258 @@
+"""Faces with ONNX models: SCRFD (or YuNet) finds faces and their 5 landmarks, each face is warped
+to the ArcFace 5-point template and embedded by EdgeFace (512-d).
+
+Faces are found once per *frame* and then given to the person boxes they sit in: one 640×640
+detector pass per frame instead of one per person, and a face cut in half by a loose person box is
+still found. Embeddings run in batches across all the faces of a batch of frames.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .embedders import l2_normalise
+from .errors import ModelNotFoundError
+
+# InsightFace's ArcFace template for a 112×112 face (what EdgeFace was trained on).
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the image's pixels
+    score: float
+    landmarks: np.ndarray | None = None  # 5×2: eyes, nose, mouth corners (the person's right eye first)
+
+    @property
+    def short_side(self) -> float:
+        return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
+
+
+def _onnx_session(path: Path, what: str, setting: str, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types for unreadable files
+        raise ModelNotFoundError(what, str(path), setting, str(exc).splitlines()[0]) from exc
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_max: float) -> list[int]:
+    """Indices kept by greedy non-maximum suppression, best first."""
+    from .tracks import iou
+
+    order = list(np.argsort(-scores))
+    keep: list[int] = []
+    while order:
+        i = order.pop(0)
+        keep.append(i)
+        if order:
+            rest = np.array(order)
+            order = list(rest[iou(boxes[i : i + 1], boxes[rest])[0] <= iou_max])
+    return keep
+
+
+class ScrfdDetector:
+    """InsightFace SCRFD (the `_kps` exports: boxes and 5 landmarks) on a letterboxed square input."""
+
+    _STRIDES = (8, 16, 32)
+    _ANCHORS = 2
+
+    def __init__(self, path: Path, *, score: float = 0.5, nms_iou: float = 0.4, threads: int = 0) -> None:
+        self.session = _onnx_session(path, "SCRFD face detector", "CASTFINDER_FACE_DETECTOR", threads)
+        inp = self.session.get_inputs()[0]
+        self._input = inp.name
+        h, w = inp.shape[2:4]
+        self.size = (int(w) if isinstance(w, int) else 640, int(h) if isinstance(h, int) else 640)
+        outputs = self.session.get_outputs()
+        if len(outputs) != 9:
+            raise ModelNotFoundError("SCRFD face detector", str(path), "CASTFINDER_FACE_DETECTOR",
+                                     f"expected an SCRFD model with landmarks (9 outputs), it has {len(outputs)}")
+        self.score = score
+        self.nms_iou = nms_iou
+        self._centres = {}
+        self._lock = threading.Lock()
+
+    def _anchor_centres(self, stride: int) -> np.ndarray:
+        if stride not in self._centres:
+            w, h = self.size[0] // stride, self.size[1] // stride
+            grid = np.stack(np.mgrid[:h, :w][::-1], axis=-1).astype(np.float32).reshape(-1, 2) * stride
+            self._centres[stride] = np.repeat(grid, self._ANCHORS, axis=0)
+        return self._centres[stride]
+
+    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
+        h, w = rgb.shape[:2]
+        scale = min(self.size[0] / w, self.size[1] / h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        canvas = np.zeros((self.size[1], self.size[0], 3), np.uint8)  # padded bottom-right, as in training
+        canvas[:nh, :nw] = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR if scale < 1 else cv2.INTER_CUBIC)
+        blob = ((canvas.astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None]
+        with self._lock:
+            outs = [o.reshape(-1, o.shape[-1]) for o in self.session.run(None, {self._input: blob})]
+        boxes, scores, points = [], [], []
+        for i, stride in enumerate(self._STRIDES):
+            s = outs[i][:, 0]
+            keep = np.flatnonzero(s >= self.score)
+            if not len(keep):
+                continue
+            centres = self._anchor_centres(stride)[keep]
+            d = outs[i + 3][keep] * stride
+            k = outs[i + 6][keep] * stride
+            boxes.append(np.concatenate([centres - d[:, :2], centres + d[:, 2:]], axis=1))
+            points.append((np.repeat(centres, 5, axis=0).reshape(-1, 10) + k).reshape(-1, 5, 2))
+            scores.append(s[keep])
+        if not boxes:
+            return []
+        b, sc, p = np.concatenate(boxes) / scale, np.concatenate(scores), np.concatenate(points) / scale
+        return [FaceBox(tuple(float(v) for v in b[i]), float(sc[i]), p[i].astype(np.float32))
+                for i in nms(b, sc, self.nms_iou)]
+
+
+class YunetDetector:
+    """OpenCV Zoo's YuNet: boxes and the same 5 landmarks, at the image's own size."""
+
+    def __init__(self, path: Path, *, score: float = 0.6) -> None:
+        try:
+            self._net = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score, 0.3, 50)
+        except cv2.error as exc:
+            raise ModelNotFoundError("YuNet face detector", str(path), "CASTFINDER_FACE_DETECTOR", str(exc)) from exc
+        self._lock = threading.Lock()
+
+    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
+        h, w = rgb.shape[:2]
+        with self._lock:
+            self._net.setInputSize((w, h))
+            _, faces = self._net.detect(np.ascontiguousarray(rgb[:, :, ::-1]))
+        if faces is None:
+            return []
+        return [FaceBox((float(f[0]), float(f[1]), float(f[0] + f[2]), float(f[1] + f[3])), float(f[14]),
+                        np.asarray(f[4:14], np.float32).reshape(5, 2)) for f in faces]
+
+
+def align(rgb: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """The face warped (similarity transform) so that its landmarks sit on the ArcFace template."""
+    matrix, _ = cv2.estimateAffinePartial2D(landmarks.astype(np.float32), ARCFACE_TEMPLATE * (size / 112.0),
+                                            method=cv2.LMEDS)
+    if matrix is None:  # degenerate landmarks (all on a line): fall back to the box around them
+        x1, y1 = landmarks.min(axis=0)
+        x2, y2 = landmarks.max(axis=0)
+        matrix = cv2.getAffineTransform(np.float32([[x1, y1], [x2, y1], [x1, y2]]),
+                                        np.float32([[30, 40], [82, 40], [30, 92]]) * (size / 112.0))
+    return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+class EdgeFaceEmbedder:
+    """EdgeFace (or any ArcFace-style ONNX model): aligned 112×112 RGB faces → L2-normalised vectors."""
+
+    def __init__(self, path: Path, *, batch: int = 32, threads: int = 0) -> None:
+        self.session = _onnx_session(path, "face recognition model", "CASTFINDER_FACE_MODEL", threads)
+        self._input = self.session.get_inputs()[0].name
+        dim = self.session.get_outputs()[0].shape[-1]
+        if not isinstance(dim, int):
+            raise ModelNotFoundError("face recognition model", str(path), "CASTFINDER_FACE_MODEL",
+                                     "its output size is not fixed")
+        self.dim = dim
+        # A fixed batch dimension (some exports) means one face per run.
+        fixed = self.session.get_inputs()[0].shape[0]
+        self.batch = fixed if isinstance(fixed, int) else batch
+        self._lock = threading.Lock()
+
+    def embed(self, faces: Sequence[np.ndarray]) -> np.ndarray:
+        if not len(faces):
+            return np.zeros((0, self.dim), np.float32)
+        rows = []
+        for start in range(0, len(faces), self.batch):
+            chunk = np.stack(faces[start : start + self.batch]).astype(np.float32)
+            blob = ((chunk - 127.5) / 127.5).transpose(0, 3, 1, 2)
+            with self._lock:
+                rows.append(self.session.run(None, {self._input: blob})[0])
+        return l2_normalise(np.concatenate(rows))
+
+
+def assign_faces(faces: Sequence[FaceBox], people: np.ndarray) -> dict[int, FaceBox]:
+    """Which face belongs to which person box (n×4): a face is a person's when its centre lies in
+    the upper part of the box, where a head is; each person and each face is used once, the most
+    confident faces first, and a face goes to the tightest box that holds it (the person in front)."""
+    taken: dict[int, FaceBox] = {}
+    if not len(people):
+        return taken
+    people = np.asarray(people, dtype=np.float64)
+    heights = people[:, 3] - people[:, 1]
+    widths = people[:, 2] - people[:, 0]
+    for face in sorted(faces, key=lambda f: -f.score):
+        cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+        fw = face.box[2] - face.box[0]
+        inside = ((people[:, 0] <= cx) & (cx <= people[:, 2]) & (people[:, 1] - 0.1 * heights <= cy)
+                  & (cy <= people[:, 1] + 0.6 * heights) & (fw <= 1.2 * widths))
+        for p in np.flatnonzero(inside)[np.argsort((widths * heights)[inside])]:
+            if int(p) not in taken:
+                taken[int(p)] = face
+                break
+    return taken
+
+
+@dataclass(frozen=True)
+class FaceHit:
+    crop_index: int  # which of the given crops (or people) the face belongs to
+    box: tuple[float, float, float, float]  # in that crop's pixels (encode) or the frame's (encode_frames)
+    score: float
+
+
+class OnnxFaceEncoder:
+    """A landmark face detector plus an aligned-face embedder; thread-safe."""
+
+    name = "face"
+
+    def __init__(self, detector: ScrfdDetector | YunetDetector, embedder: EdgeFaceEmbedder, *,
+                 min_face_px: int, model_name: str) -> None:
+        self.detector = detector
+        self.embedder = embedder
+        self.min_face_px = min_face_px
+        self.model_name = model_name
+        self.dim = embedder.dim
+
+    def _faces(self, rgb: np.ndarray) -> list[FaceBox]:
+        return [f for f in self.detector.detect(rgb) if f.landmarks is not None and f.short_side >= self.min_face_px]
+
+    def encode(self, crops: Sequence) -> tuple[np.ndarray, list[FaceHit]]:
+        """The face of each person crop (a query's people): the face in the upper part of the crop.
+        A crop that is all face (a close-up) is padded first: detectors miss faces that fill
+        the whole input."""
+        aligned, hits = [], []
+        for i, crop in enumerate(crops):
+            rgb = np.ascontiguousarray(np.asarray(crop.convert("RGB")))
+            h, w = rgb.shape[:2]
+            for pad in (0, max(h, w) // 2):
+                image = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0) if pad else rgb
+                face = assign_faces(self._faces(image), np.array([[pad, pad, pad + w, pad + h]])).get(0)
+                if face is not None:
+                    aligned.append(align(image, face.landmarks))
+                    hits.append(FaceHit(i, tuple(v - pad for v in face.box), face.score))
+                    break
+        return self.embedder.embed(aligned), hits
+
+    def encode_frames(self, frames: Sequence[np.ndarray], people: Sequence[np.ndarray]) -> tuple[np.ndarray, list[FaceHit]]:
+        """Faces found once per frame and given to that frame's person boxes (`people[i]`: n×4).
+        `crop_index` numbers the people of all frames in order; boxes are in frame pixels."""
+        aligned, hits = [], []
+        offset = 0
+        for rgb, boxes in zip(frames, people):
+            if len(boxes):
+                for p, face in sorted(assign_faces(self._faces(rgb), boxes).items()):
+                    aligned.append(align(rgb, face.landmarks))
+                    hits.append(FaceHit(offset + p, face.box, face.score))
+            offset += len(boxes)
+        return self.embedder.embed(aligned), hits
