@@ -18,6 +18,16 @@ as `castfinder eval`), `config` (aggregation, people, channels, ties, depth, cut
 engine settings, the index manifest, library versions), per-character metrics, rankings and
 missed shots, `summary` (MAP, mean P@k/R@k), `warnings` and `plots`.
 
+Two views of the same rankings (definitions: core/evaluation.py): per indexed shot (the ground
+truth mapped onto our cut; `characters.<name>.ap/precision/recall/relevant/first_rank`,
+`summary.map`) and per annotated shot (each result counts for the annotated shot it overlaps
+most; annotated shots merged by our cut into another count as missed, repeats as misses;
+`characters.<name>.annotated.{ap, precision, recall, relevant, first_rank, found, duplicates,
+missed, ranking}`, `summary.map_annotated`, `summary.annotated`). `first_rank` is the rank of
+the first relevant result (ignored shots take no rank); `summary.first_in_top3` counts the
+characters whose first relevant result is in the top 3. `ground_truth.indexed_to_annotated`
+says which annotated shot each indexed shot counts for.
+
 Importing this module is cheap (stdlib only): `castfinder.cli` imports it to build its parser.
 """
 
@@ -66,7 +76,8 @@ def add_parser(subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace, settings) -> int:
     from castfinder import cli
     from core import BadInputError, Engine, QueryImage
-    from core.evaluation import DEFAULT_KS, collect_queries, load_ground_truth, mean_average_precision, score_ranking
+    from core.evaluation import (DEFAULT_KS, collect_queries, load_ground_truth, mean_average_precision,
+                                 score_annotated, score_ranking)
     from core.versions import library_versions
 
     started = time.perf_counter()
@@ -116,6 +127,7 @@ def run(args: argparse.Namespace, settings) -> int:
     shots = index.shots
     characters: dict[str, dict] = {}
     scored = {}
+    annotated = {}
     progress = None if quiet else _progress(len(pairs))
     try:
         for name, paths, t in pairs:
@@ -127,10 +139,14 @@ def run(args: argparse.Namespace, settings) -> int:
             ranking = [r.shot_id for r in response.results]
             keys = [(r.score, r.similarity) for r in response.results]
             s = score_ranking(ranking, t.relevant, t.ignored, ks=ks, keys=keys, ties=args.ties)
+            a = score_annotated(ranking, truth.shot_units, t.relevant_units, t.ignored_units, ks=ks, keys=keys,
+                                ties=args.ties)
             scored[name] = s
+            annotated[name] = a
             if s.ap is None:
                 warnings.append(f"{name}: no relevant shot in the ground truth; AP undefined, left out of MAP.")
             characters[name] = _character_report(name, paths, t, s, response, shots, args.top, ks)
+            characters[name]["annotated"] = _annotated_report(t, a, response, truth, ks, args.top)
             if progress is not None:
                 progress.update(1)
     finally:
@@ -143,6 +159,16 @@ def run(args: argparse.Namespace, settings) -> int:
         "characters_scored": len(defined),
         "mean_precision": {str(k): _round(_mean([s.precision[k] for s in defined])) for k in ks},
         "mean_recall": {str(k): _round(_mean([s.recall[k] for s in defined])) for k in ks},
+        "first_in_top3": sum(1 for s in defined if s.first_relevant_rank is not None and s.first_relevant_rank <= 3),
+    }
+    defined_a = [a for a in annotated.values() if a.ap is not None]
+    summary["map_annotated"] = _round(mean_average_precision(a.ap for a in defined_a))
+    summary["annotated"] = {
+        "map": summary["map_annotated"],
+        "characters_scored": len(defined_a),
+        "mean_precision": {str(k): _round(_mean([a.precision[k] for a in defined_a])) for k in ks},
+        "mean_recall": {str(k): _round(_mean([a.recall[k] for a in defined_a])) for k in ks},
+        "first_in_top3": sum(1 for a in defined_a if a.first_relevant_rank is not None and a.first_relevant_rank <= 3),
     }
     report = {
         "format": REPORT_FORMAT,
@@ -160,7 +186,13 @@ def run(args: argparse.Namespace, settings) -> int:
         },
         "ground_truth": {"path": str(Path(args.ground_truth).resolve()), "forms": truth.forms,
                          "rows_of_other_movies": truth.skipped_rows,
-                         "characters": sorted(truth)},
+                         "characters": sorted(truth),
+                         "annotated_shots": len(truth.units),
+                         # which annotated shot each indexed shot counts for (null: none)
+                         "indexed_to_annotated": {
+                             _shot_name(shots[i]): (truth.units[u].name if u is not None else None)
+                             for i, u in sorted(truth.shot_units.items(),
+                                                key=lambda kv: (shots[kv[0]].start_frame, kv[0]))}},
         "queries": {"path": str(Path(args.queries).resolve()),
                     "characters": {n: [str(p.resolve()) for p in ps] for n, ps in queries.items()}},
         "characters": characters,
@@ -174,7 +206,7 @@ def run(args: argparse.Namespace, settings) -> int:
             if s.ap is None:
                 continue
             path = plot_dir / f"{_safe_name(name, report['plots'])}_pr.png"
-            _plot_pr(path, name, s, info.name, method)
+            _plot_pr(path, name, s, info.name, method, annotated.get(name))
             report["plots"][name] = str(path.resolve())
     report["elapsed_s"] = round(time.perf_counter() - started, 3)
 
@@ -223,6 +255,7 @@ def _character_report(name, paths, truth, s, response, shots, top, ks) -> dict:
         "ignored_retrieved": s.ignored_retrieved,
         "found": s.found,
         "first_relevant_rank": s.first_relevant_rank,
+        "first_rank": s.first_relevant_rank,  # rank of the first relevant shot (ignored shots take none)
         "ap": _round(s.ap),
         "precision": {str(k): _round(s.precision[k]) for k in ks},
         "recall": {str(k): _round(s.recall[k]) for k in ks},
@@ -230,6 +263,47 @@ def _character_report(name, paths, truth, s, response, shots, top, ks) -> dict:
         "missed": [_shot_name(shots[i]) for i in ordered if i not in found],
         "ranking": listed,
         "search_s": round(response.elapsed_s, 3),
+    }
+
+
+def _unit_order(truth, key):
+    u = truth.units[key]
+    return (u.form, u.start, u.end, u.name)
+
+
+def _annotated_report(t, a, response, truth, ks, top) -> dict:
+    """The annotated view of one character: metrics over the annotated shots, which of them were
+    missed, and what each listed indexed shot counted for."""
+    counted = dict(zip(a.ranking, zip(a.units, a.labels)))
+    listed = []
+    for r in response.results[:top]:
+        unit = truth.shot_units.get(r.shot_id)
+        if unit is not None and unit in t.ignored_units and unit not in t.relevant_units:
+            label = "ignored"
+        elif r.shot_id in counted and counted[r.shot_id][1]:
+            label = "relevant"
+        elif unit is not None and unit in t.relevant_units:
+            label = "duplicate"
+        else:
+            label = "absent"
+        listed.append({"rank": r.rank, "shot_id": r.shot_id,
+                       "annotated_shot": truth.units[unit].name if unit is not None else None, "label": label})
+    found = {u for u, hit in zip(a.units, a.labels) if hit}
+    ordered = sorted(t.relevant_units, key=lambda k: _unit_order(truth, k))
+    return {
+        "ap": _round(a.ap),
+        "precision": {str(k): _round(a.precision[k]) for k in ks},
+        "recall": {str(k): _round(a.recall[k]) for k in ks},
+        "relevant": a.relevant,
+        "ignored": len(t.ignored_units - t.relevant_units),
+        "retrieved": a.retrieved,
+        "ignored_retrieved": a.ignored_retrieved,
+        "found": a.found,
+        "duplicates": a.duplicates,
+        "first_rank": a.first_relevant_rank,
+        "relevant_shots": [truth.units[k].name for k in ordered],
+        "missed": [truth.units[k].name for k in ordered if k not in found],
+        "ranking": listed,
     }
 
 
@@ -294,7 +368,7 @@ def _safe_name(name: str, taken: dict) -> str:
     return candidate
 
 
-def _plot_pr(path: Path, name: str, s, movie: str, method: str) -> None:
+def _plot_pr(path: Path, name: str, s, movie: str, method: str, annotated=None) -> None:
     """The interpolated precision–recall curve (solid, stepped) over the precision after each
     relevant shot found (dots); AP in the title. Agg canvas: no display, no pyplot state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -312,6 +386,10 @@ def _plot_pr(path: Path, name: str, s, movie: str, method: str) -> None:
     if raw:
         ax.plot([r for r, _ in raw], [p for _, p in raw], "o", markersize=4, alpha=0.6,
                 label="precision at each relevant shot")
+    if annotated is not None and annotated.ap is not None:
+        curve = annotated.interpolated_pr()
+        ax.plot([r for r, _ in curve], [p for _, p in curve], drawstyle="steps-pre", linewidth=1.5,
+                linestyle="--", label=f"per annotated shot (AP {annotated.ap:.3f})")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel(f"recall ({s.found} of {s.relevant} relevant shots found)")
@@ -331,6 +409,10 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def _rank(value) -> str:
+    return "–" if value is None else str(value)
+
+
 def _print_table(console, report: dict, scored: dict, shots, ks, top: int) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -347,17 +429,24 @@ def _print_table(console, report: dict, scored: dict, shots, ks, top: int) -> No
     for k in ks:
         table.add_column(f"R@{k}", justify="right")
     table.add_column("AP", justify="right")
+    table.add_column("1st", justify="right")
+    table.add_column("ann. found", justify="right")
+    table.add_column("ann. AP", justify="right")
+    table.add_column("ann. 1st", justify="right")
     for name, c in report["characters"].items():
+        a = c["annotated"]
         table.add_row(escape(name), str(len(c["queries"])), str(c["relevant"]), str(c["ignored"]),
                       f"{c['found']}/{c['relevant']}",
                       *[_fmt(c["precision"][str(k)]) for k in ks], *[_fmt(c["recall"][str(k)]) for k in ks],
-                      _fmt(c["ap"]))
+                      _fmt(c["ap"]), _rank(c["first_rank"]), f"{a['found']}/{a['relevant']}", _fmt(a["ap"]),
+                      _rank(a["first_rank"]))
     summary = report["summary"]
     table.add_section()
     table.add_row(f"mean ({summary['characters_scored']})", "", "", "", "",
                   *[_fmt(summary["mean_precision"][str(k)]) for k in ks],
                   *[_fmt(summary["mean_recall"][str(k)]) for k in ks],
-                  f"[bold]MAP {_fmt(summary['map'])}[/]")
+                  f"[bold]MAP {_fmt(summary['map'])}[/]", f"≤3: {summary['first_in_top3']}", "",
+                  f"[bold]MAP {_fmt(summary['map_annotated'])}[/]", f"≤3: {summary['annotated']['first_in_top3']}")
     console.print(table)
     marks = {"relevant": "[bold green]{}✓[/]", "ignored": "[dim]{}?[/]", "absent": "{}"}
     for name, c in report["characters"].items():
@@ -365,8 +454,15 @@ def _print_table(console, report: dict, scored: dict, shots, ks, top: int) -> No
                                                           else str(r["shot"]))) for r in c["ranking"])
         missed = f"  [red]missed: {escape(', '.join(c['missed']))}[/]" if c["missed"] else ""
         console.print(f"[bold]{escape(name)}[/] top {top}: {listed or '(nothing returned)'}{missed}")
+        a = c["annotated"]
+        if a["missed"] or a["duplicates"]:
+            console.print(f"  annotated shots missed: {escape(', '.join(a['missed'])) or 'none'}; "
+                          f"duplicates: {a['duplicates']}", highlight=False)
     console.print("[dim]✓ relevant, ? ignored (takes no rank). AP over the whole ranking, "
-                  "normalised by all relevant shots.[/]")
+                  "normalised by all relevant shots, per indexed shot (the ground truth mapped onto our cut); "
+                  "ann.: per annotated shot (each result counts for the annotated shot it overlaps most; annotated "
+                  "shots our cut merged into another count as missed, repeats as misses). 1st: rank of the first "
+                  "relevant result; ≤3: characters with it in the top 3.[/]")
     for w in report["warnings"]:
         console.print(f"[yellow]warning: {escape(w)}[/]")
     for path in report["plots"].values():

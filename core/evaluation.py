@@ -28,6 +28,15 @@ Ground truth (`load_ground_truth`)
   filter every row counts.
 - Character names keep the spelling of their first row; rows and queries are matched to
   them case-insensitively.
+- The same rows also give the *annotated shots* (`GroundTruth.units`, for the annotated view):
+  a row named by shot id is that indexed shot; a range row with a `shot` cell is the annotated
+  shot of that name (and `scene`), one unit for every character whose rows name it (ranges
+  that disagree are joined, with a warning); a range row without one is the annotated shot of
+  exactly that range. Labels per character and annotated shot combine as above. Each indexed
+  shot counts for the annotated shot it overlaps most by time (`GroundTruth.shot_units`,
+  `map_to_annotated`; frame ranges are converted with the indexed shot's frame rate), or for
+  none: when it overlaps no annotated shot, or footage no row covers (unknown shots: the
+  file lists only shots that someone is in) is its largest part.
 
 Metrics (`score_ranking`)
 - The ranking is the engine's list of shot ids, best first. Repeated ids count once (first
@@ -45,10 +54,26 @@ Metrics (`score_ranking`)
 - A character with no relevant shot has no recall and no AP (None): it is left out of MAP and
   of the mean precision/recall, with a warning.
 - MAP = mean AP over the characters that have one.
+
+Two views (`castfinder eval` reports both)
+- Per indexed shot (`score_ranking` over `CharacterTruth.relevant/ignored`): the ground truth
+  is mapped onto our cut, so where our cut merged annotated shots the merged shot is one
+  relevant shot and the others are not asked for.
+- Per annotated shot (`score_annotated` over `CharacterTruth.relevant_units/ignored_units` and
+  `GroundTruth.shot_units`), the planners' measure: each ranked indexed shot counts for the one
+  annotated shot it overlaps most. It is a hit if that annotated shot is relevant and not found
+  higher up; a *duplicate* (a miss that takes a rank) if it was; it takes no rank if that
+  annotated shot is ignored; otherwise it is a miss (another character's shot, a shot labelled
+  0, or footage the file does not cover). AP, P@k and R@k are normalised by the relevant
+  annotated shots, so annotated shots that our cut merged into another count as missed.
+  Pessimistic ties put misses first, then the results of each newly found annotated shot
+  together, the one with most results first. When the ground truth
+  names indexed shots by id (frames folders), both views give the same numbers.
 """
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import math
@@ -85,6 +110,26 @@ class CharacterTruth:
     relevant: set[int] = field(default_factory=set)  # Shot.id
     ignored: set[int] = field(default_factory=set)  # Shot.id
     rows: int = 0
+    # The same rows as annotated shots (`AnnotatedShot.key`), for the annotated view:
+    relevant_units: set[tuple] = field(default_factory=set)
+    ignored_units: set[tuple] = field(default_factory=set)
+    absent_units: set[tuple] = field(default_factory=set)  # rows labelled 0
+
+
+@dataclass(frozen=True)
+class AnnotatedShot:
+    """One annotated shot: a distinct range (or shot id) of the ground truth.
+
+    `form` is how the rows name it: "frames" (`start`–`end`, inclusive frame numbers),
+    "seconds" ([`start`, `end`) in seconds) or "shot" (an indexed shot named by its id:
+    `start` == `end` == `Shot.id`). `name` is what reports show: the file's `scene/shot` when
+    it has a `shot` column, else the range."""
+
+    key: tuple
+    name: str
+    form: str
+    start: float
+    end: float
 
 
 class GroundTruth(dict):
@@ -96,6 +141,8 @@ class GroundTruth(dict):
         self.warnings: list[str] = []
         self.forms: dict[str, int] = {"frames": 0, "seconds": 0, "shot": 0}
         self.skipped_rows = 0  # rows of other movies
+        self.units: dict[tuple, AnnotatedShot] = {}  # every annotated shot of the rows read
+        self.shot_units: dict[int, tuple | None] = {}  # Shot.id → the annotated shot it counts for
 
     def get_character(self, name: str) -> CharacterTruth | None:
         key = name.casefold()
@@ -213,6 +260,9 @@ def load_ground_truth(path: Path | str, shots, *, movie: str | Sequence[str] | N
     for s in shot_list:
         by_number.setdefault(s.number, []).append(s)
     labels: dict[tuple[str, int], int] = {}  # (character key, shot id) → label
+    unit_labels: dict[tuple[str, tuple], int] = {}  # (character key, annotated shot key) → label
+    units: dict[tuple, list] = {}  # annotated shot key → [form, start, end, name, first line, its range]
+    by_id = {s.id: s for s in shot_list}
     conflicts: dict[tuple[str, int], list[int]] = {}
     movies_seen: set[str] = set()
     width = len(header)
@@ -231,8 +281,9 @@ def load_ground_truth(path: Path | str, shots, *, movie: str | Sequence[str] | N
         label = _number(path, line, "label", row["label"]) if row.get("label", "") != "" else PRESENT
         if label not in _LABEL_RANK:
             raise GroundTruthError(f"{path}:{line}: label {label} is not 1 (present), -1 (ignore) or 0 (absent).")
-        shot_id, form = _match_row(path, line, row, forms, shot_list, by_number, truth.warnings)
+        shot_id, form, (a, b) = _match_row(path, line, row, forms, shot_list, by_number, truth.warnings)
         truth.forms[form] += 1
+        unit_key = _add_unit(path, line, row, form, a, b, by_id[shot_id], units, truth.warnings)
         char = truth.get_character(name)
         if char is None:
             char = truth[name] = CharacterTruth(name)
@@ -243,6 +294,9 @@ def load_ground_truth(path: Path | str, shots, *, movie: str | Sequence[str] | N
             conflicts.setdefault(key, [])
         if previous is None or _LABEL_RANK[label] > _LABEL_RANK[previous]:
             labels[key] = label
+        previous = unit_labels.get((char.name, unit_key))
+        if previous is None or _LABEL_RANK[label] > _LABEL_RANK[previous]:
+            unit_labels[(char.name, unit_key)] = label
     if wanted and "movie" in columns and not truth:
         seen = ", ".join(sorted(repr(m) for m in movies_seen))
         raise GroundTruthError(f"{path}: no rows for {wanted[0]!r}; the file has rows for {seen}.")
@@ -251,7 +305,11 @@ def load_ground_truth(path: Path | str, shots, *, movie: str | Sequence[str] | N
             truth[name].relevant.add(shot_id)
         elif label == IGNORE:
             truth[name].ignored.add(shot_id)
-    by_id = {s.id: s for s in shot_list}
+    for (name, unit_key), label in unit_labels.items():
+        {PRESENT: truth[name].relevant_units, IGNORE: truth[name].ignored_units,
+         ABSENT: truth[name].absent_units}[label].add(unit_key)
+    truth.units = {key: AnnotatedShot(key, name, form, a, b) for key, (form, a, b, name, *_) in units.items()}
+    truth.shot_units = map_to_annotated(shot_list, truth.units.values())
     for name, shot_id in sorted(conflicts):
         truth.warnings.append(
             f"{name}: shot {_shot_label(by_id[shot_id])} gets rows labelled both present (1) and ignore (-1); "
@@ -262,6 +320,121 @@ def load_ground_truth(path: Path | str, shots, *, movie: str | Sequence[str] | N
 
 def _shot_label(shot: Shot) -> str:
     return f"{shot.scene}/{shot.number}" if shot.scene is not None else str(shot.number)
+
+
+def _name_cell(value: str) -> str:
+    """A `shot`/`scene` cell as a unit name: "05", "5" and "5.0" are the same shot."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value.casefold()
+    return str(int(number)) if math.isfinite(number) and number == int(number) else value
+
+
+def _range_name(form: str, a, b) -> str:
+    return f"frames {a}–{b}" if form == "frames" else f"{a:g}–{b:g} s"
+
+
+def _add_unit(path: Path, line: int, row: dict[str, str], form: str, a, b, shot: Shot,
+              units: dict[tuple, list], warnings: list[str]) -> tuple:
+    """The annotated shot a row names (added to `units` when new); returns its key.
+
+    A row named by shot id is the indexed shot itself. A range row with a `shot` cell is the
+    annotated shot of that name (with its `scene`): rows of several characters naming it are one
+    unit, and if their ranges differ the unit spans them all (with a warning). A range row
+    without a `shot` cell is the annotated shot of exactly that range."""
+    if form == "shot":
+        key, name = ("shot", shot.id), _shot_label(shot)
+    elif row.get("shot", "") != "":
+        scene = _name_cell(row.get("scene", "")) if row.get("scene", "") != "" else None
+        number = _name_cell(row["shot"])
+        key = ("named", form, scene, number)
+        name = f"{scene}/{number}" if scene is not None else number
+    else:
+        key, name = ("range", form, a, b), _range_name(form, a, b)
+    unit = units.get(key)
+    if unit is None:
+        units[key] = [form, a, b, name, line, (a, b)]
+    elif unit[5] != (a, b):
+        warnings.append(f"{path.name}:{line}: annotated shot {name} has the range {_range_name(form, a, b)} "
+                        f"here but {_range_name(form, *unit[5])} on line {unit[4]}; "
+                        "counted as one shot spanning both.")
+        unit[1], unit[2] = min(unit[1], a), max(unit[2], b)
+    return key
+
+
+def _unit_span(unit: AnnotatedShot, shot: Shot) -> tuple[float, float] | None:
+    """The part of `shot` that `unit` covers, as times on the shot's own axis; None if none.
+    Frame ranges become times through the shot's frames (its duration / its frame count)."""
+    if unit.form == "shot":
+        return (shot.start_s, shot.end_s) if unit.start == shot.id else None
+    if unit.form == "seconds":
+        lo, hi = max(unit.start, shot.start_s), min(unit.end, shot.end_s)
+        return (lo, hi) if hi > lo else None
+    first, last = max(unit.start, shot.start_frame), min(unit.end, shot.end_frame)
+    if last < first:
+        return None
+    per_frame = (shot.end_s - shot.start_s) / (shot.end_frame - shot.start_frame + 1)
+    return (shot.start_s + (first - shot.start_frame) * per_frame,
+            shot.start_s + (last + 1 - shot.start_frame) * per_frame)
+
+
+def map_to_annotated(shots, units: Iterable[AnnotatedShot]) -> dict[int, tuple | None]:
+    """`{Shot.id: AnnotatedShot.key or None}`: the annotated shot each indexed shot counts for.
+
+    An indexed shot counts for the annotated shot it overlaps most (by time; the earlier one on
+    equal overlap). Time that no annotated shot of the file covers is unknown footage: when the
+    longest uncovered stretch inside the indexed shot is longer than its overlap with any
+    annotated shot, or it overlaps none, it counts for no annotated shot (None), so that a cut a
+    few frames off the annotator's does not make a shot of unknown people count for a known one.
+    """
+    shot_list = _shot_list(shots)
+    ordered: list[AnnotatedShot] = []
+    by_form: dict[str, list[AnnotatedShot]] = {}
+    for unit in units:
+        by_form.setdefault(unit.form, []).append(unit)
+    # Per range form, units sorted by start and the running maximum of their ends: the units
+    # that can touch [lo, hi] are those after the last prefix whose ends all lie before lo.
+    index: dict[str, tuple[list[AnnotatedShot], list[float], list[float]]] = {}
+    for form, group in by_form.items():
+        group.sort(key=lambda u: (u.start, u.end))
+        starts, max_ends, top = [], [], -math.inf
+        for u in group:
+            top = max(top, u.end)
+            starts.append(u.start)
+            max_ends.append(top)
+        index[form] = (group, starts, max_ends)
+        ordered.extend(group)
+    out: dict[int, tuple | None] = {}
+    for shot in shot_list:
+        spans: list[tuple[float, float, AnnotatedShot]] = []
+        for form, (group, starts, max_ends) in index.items():
+            if form == "shot":
+                lo, hi = shot.id, shot.id
+            elif form == "seconds":
+                lo, hi = shot.start_s, shot.end_s
+            else:
+                lo, hi = shot.start_frame, shot.end_frame
+            first = bisect.bisect_right(max_ends, lo if form == "seconds" else lo - 1)
+            if form == "seconds":
+                last = bisect.bisect_left(starts, hi)
+            else:
+                last = bisect.bisect_right(starts, hi)
+            for unit in group[first:last]:
+                span = _unit_span(unit, shot)
+                if span is not None:
+                    spans.append((*span, unit))
+        best, best_overlap = None, 0.0
+        for lo, hi, unit in sorted(spans, key=lambda x: (x[0], x[1])):
+            if hi - lo > best_overlap:
+                best, best_overlap = unit, hi - lo
+        gap, reached = 0.0, shot.start_s
+        for lo, hi, _ in sorted(spans, key=lambda x: x[0]):
+            gap = max(gap, lo - reached)
+            reached = max(reached, hi)
+        gap = max(gap, shot.end_s - reached)
+        out[shot.id] = best.key if best is not None and best_overlap >= gap else None
+    return out
 
 
 def _match_row(path, line, row, forms, shots, by_number, warnings) -> tuple[int, str]:
@@ -275,7 +448,8 @@ def _match_row(path, line, row, forms, shots, by_number, warnings) -> tuple[int,
         if all(c == "" for c in cells):
             continue  # this row uses a later form
         if form == "shot":
-            return _match_shot_id(path, line, row, by_number), form
+            shot_id = _match_shot_id(path, line, row, by_number)
+            return shot_id, form, (shot_id, shot_id)
         kind = int if form == "frames" else float
         a_col, b_col = ("start_frame", "end_frame") if form == "frames" else ("start_s", "end_s")
         a = _number(path, line, a_col, cells[0], kind)
@@ -284,7 +458,7 @@ def _match_row(path, line, row, forms, shots, by_number, warnings) -> tuple[int,
             raise GroundTruthError(f"{path}:{line}: {a_col}/{b_col} must not be negative.")
         if b < a or (form == "seconds" and b == a):
             raise GroundTruthError(f"{path}:{line}: {b_col} {cells[1]} is not after {a_col} {cells[0]}.")
-        return _match_range(path, line, form, a, b, shots, warnings), form
+        return _match_range(path, line, form, a, b, shots, warnings), form, (a, b)
     raise GroundTruthError(f"{path}:{line}: the row names no shot (its shot and range cells are empty).")
 
 
@@ -401,6 +575,10 @@ class Scores:
     recall: dict[int, float | None]
     ap: float | None
     first_relevant_rank: int | None
+    # Annotated view only (`score_annotated`): the annotated shot each place counts for (None:
+    # none), and how many places were relevant annotated shots already found higher up.
+    units: tuple[tuple | None, ...] = ()
+    duplicates: int = 0
 
     @property
     def retrieved(self) -> int:
@@ -501,6 +679,103 @@ def score_ranking(
         ranking=tuple(kept), labels=labels, relevant=n_rel, found=hits, ignored_retrieved=dropped,
         precision=precision, recall=recall, ap=(total / n_rel if n_rel else None), first_relevant_rank=first,
     )
+
+
+def score_annotated(
+    ranking: Sequence[int],
+    shot_units: Mapping[int, tuple | None],
+    relevant_units: Iterable[tuple],
+    ignored_units: Iterable[tuple] = (),
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    keys: Sequence[Hashable] | None = None,
+    ties: str = "pessimistic",
+) -> Scores:
+    """Score a ranking of indexed shot ids against the *annotated* shots (see the module
+    docstring): each place counts for the annotated shot `shot_units[shot]` (None: none). A place
+    whose annotated shot is relevant and not found higher up is a hit; one whose relevant
+    annotated shot was already found is a duplicate (a miss); one whose annotated shot is ignored
+    takes no rank; anything else is a miss. AP, P@k and R@k are normalised by the relevant
+    annotated shots. `Scores.ranking` holds indexed shot ids, `Scores.units` their annotated shots.
+    """
+    relevant = set(relevant_units)
+    ignored = set(ignored_units) - relevant
+    if ties not in TIE_MODES:
+        raise ValueError(f"unknown tie mode {ties!r}; use {' or '.join(TIE_MODES)}")
+    if any(k < 1 for k in ks):
+        raise ValueError("cut-offs k must be at least 1")
+    if keys is not None and len(keys) != len(ranking):
+        raise ValueError("keys must give one key per ranked shot")
+    seen: set[int] = set()
+    kept: list[int] = []
+    kept_keys: list[Hashable] = []
+    dropped = 0
+    for i, shot in enumerate(ranking):
+        if shot in seen:
+            continue
+        seen.add(shot)
+        unit = shot_units.get(shot)
+        if unit is not None and unit in ignored:
+            dropped += 1
+            continue
+        kept.append(shot)
+        if keys is not None:
+            kept_keys.append(keys[i])
+    if keys is not None and ties == "pessimistic":
+        kept = _pessimistic_annotated(kept, kept_keys, shot_units, relevant)
+    units = tuple(shot_units.get(s) for s in kept)
+    found: set[tuple] = set()
+    labels: list[bool] = []
+    for unit in units:
+        hit = unit is not None and unit in relevant and unit not in found
+        if hit:
+            found.add(unit)
+        labels.append(hit)
+    duplicates = sum(1 for u, hit in zip(units, labels) if not hit and u is not None and u in relevant)
+    n_rel = len(relevant)
+    precision = {k: sum(labels[:k]) / k for k in ks}
+    recall = {k: (sum(labels[:k]) / n_rel if n_rel else None) for k in ks}
+    hits, total, first = 0, 0.0, None
+    for rank, is_rel in enumerate(labels, start=1):
+        if is_rel:
+            hits += 1
+            total += hits / rank
+            first = first or rank
+    return Scores(
+        ranking=tuple(kept), labels=tuple(labels), relevant=n_rel, found=hits, ignored_retrieved=dropped,
+        precision=precision, recall=recall, ap=(total / n_rel if n_rel else None), first_relevant_rank=first,
+        units=units, duplicates=duplicates,
+    )
+
+
+def _pessimistic_annotated(ranking: list[int], keys: list[Hashable], shot_units: Mapping[int, tuple | None],
+                           relevant: set[tuple]) -> list[int]:
+    """Ties of the annotated view, resolved against us. In each run of equal keys the misses come
+    first (including repeats of annotated shots found before the run), then the results of each
+    annotated shot newly found in the run, together, the shot with the most results first: every
+    hit then lands as low as the run allows (the k-th new hit can be preceded at most by all the
+    results of k-1 other annotated shots). Each group keeps its order."""
+    out: list[int] = []
+    found: set[tuple] = set()
+    i = 0
+    while i < len(ranking):
+        j = i + 1
+        while j < len(ranking) and keys[j] == keys[i]:
+            j += 1
+        misses: list[int] = []
+        groups: dict[tuple, list[int]] = {}  # in order of first appearance
+        for shot in ranking[i:j]:
+            unit = shot_units.get(shot)
+            if unit is None or unit not in relevant or unit in found:
+                misses.append(shot)
+            else:
+                groups.setdefault(unit, []).append(shot)
+        out.extend(misses)
+        for group in sorted(groups.values(), key=len, reverse=True):  # stable: ties keep their order
+            out.extend(group)
+        found.update(groups)
+        i = j
+    return out
 
 
 def mean_average_precision(aps: Iterable[float | None]) -> float | None:

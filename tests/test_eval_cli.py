@@ -68,7 +68,9 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory, tiny_dinov2: Path):
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("eval-synthetic")
     env = {"INDEX_DIR": str(root / "indexes"), "DETECTOR": "yolov8n.yaml", "DINOV2_MODEL": str(tiny_dinov2),
-           "DET_CONF": "0.0001", "DET_IMGSZ": "160", "MIN_PERSON_PX": "4", "DEVICE": "cpu"}
+           "DET_CONF": "0.0001", "DET_IMGSZ": "160", "MIN_PERSON_PX": "4", "DEVICE": "cpu",
+           "CHANNELS": "dinov2", "SHOT_DETECTOR": "content"}  # the tiny DINOv2 alone (the default channels
+    # need real weights); PySceneDetect's cuts, which find all three of these solid-colour shots
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(f"CASTFINDER_{key}", value)
@@ -120,6 +122,89 @@ def test_eval_json_report_on_a_synthetic_video(synthetic, tmp_path: Path, capsys
     assert report["summary"]["characters_scored"] == 3
     assert sorted(p.name for p in plots.iterdir()) == ["navy_pr.png", "red_pr.png", "yellow_pr.png"]
     assert "Saved" in captured.err and "warning: ghost" in captured.err
+
+
+RANKED_SHOT_KEYS = {"rank", "shot", "scene", "shot_id", "start_s", "end_s", "score", "similarity", "confidence",
+                    "label"}
+CHARACTER_KEYS = {"queries", "query_crops", "whole_image_queries", "relevant", "ignored", "retrieved",
+                  "ignored_retrieved", "found", "first_relevant_rank", "ap", "precision", "recall", "relevant_shots",
+                  "missed", "ranking", "search_s"}
+
+
+def check_annotated_view(character: dict, ks: list[int], shot_units: dict[str, str | None]) -> None:
+    """The annotated view's numbers are what score_annotated gives for the listed ranking."""
+    from core.evaluation import score_annotated
+
+    a = character["annotated"]
+    assert [r["shot_id"] for r in a["ranking"]] == [r["shot_id"] for r in character["ranking"]]
+    units = {r["shot_id"]: r["annotated_shot"] for r in a["ranking"]}
+    names = {r["shot_id"]: str(r["shot"]) for r in character["ranking"]}
+    assert all(shot_units[names[i]] == unit for i, unit in units.items())
+    relevant = set(a["relevant_shots"])
+    ignored = {r["annotated_shot"] for r in a["ranking"] if r["label"] == "ignored"}
+    s = score_annotated(list(units), units, relevant, ignored, ks=ks)
+    assert a["ap"] == pytest.approx(s.ap, abs=1e-4) and a["first_rank"] == s.first_relevant_rank
+    for k in ks:
+        assert a["precision"][str(k)] == pytest.approx(s.precision[k], abs=1e-4)
+        assert a["recall"][str(k)] == pytest.approx(s.recall[k], abs=1e-4)
+    assert (a["found"], a["duplicates"], a["relevant"]) == (s.found, s.duplicates, len(relevant))
+    labels = {"relevant": 0, "duplicate": 0, "ignored": 0, "absent": 0}
+    for r in a["ranking"]:
+        labels[r["label"]] += 1
+    assert labels["relevant"] == s.found and labels["duplicate"] == s.duplicates
+
+
+def test_json_keeps_its_keys_and_adds_the_annotated_view(synthetic, capsys) -> None:
+    rc = run_eval("--movie", "heat", "--ground-truth", str(synthetic.gt), "--queries", str(synthetic.queries),
+                  "--top", "3", "--ties", "order", "--json", "-q")
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    report = json.loads(captured.out)
+    summary, ks = report["summary"], report["config"]["ks"]
+    assert {"map", "characters_scored", "mean_precision", "mean_recall"} <= set(summary)
+    assert {"map_annotated", "annotated", "first_in_top3"} <= set(summary)
+    assert summary["annotated"]["map"] == summary["map_annotated"]
+    assert set(summary["annotated"]) == {"map", "characters_scored", "mean_precision", "mean_recall", "first_in_top3"}
+    gt = report["ground_truth"]
+    assert gt["annotated_shots"] == 6 and set(gt["indexed_to_annotated"]) == {"1", "2", "3"}
+    for name, c in report["characters"].items():
+        assert CHARACTER_KEYS <= set(c) and {"first_rank", "annotated"} <= set(c)
+        assert c["first_rank"] == c["first_relevant_rank"]
+        assert all(set(r) == RANKED_SHOT_KEYS for r in c["ranking"])  # the ranking's fields, unchanged
+        assert {"ap", "precision", "recall", "relevant", "first_rank", "found", "duplicates", "missed",
+                "relevant_shots", "ranking"} <= set(c["annotated"])
+        check_annotated_view(c, ks, gt["indexed_to_annotated"])
+    aps = [c["annotated"]["ap"] for c in report["characters"].values()]
+    assert summary["map_annotated"] == pytest.approx(sum(aps) / len(aps), abs=1e-4)
+    assert summary["first_in_top3"] == sum(1 for c in report["characters"].values() if c["first_rank"] <= 3)
+
+
+def test_annotated_shots_merged_by_our_cut_count_as_missed(synthetic, tmp_path: Path, capsys) -> None:
+    """Our shot 3 (frames 50–89) holds two annotated shots of red: per indexed shot it is one
+    relevant shot; per annotated shot the second one is missed, so AP halves."""
+    gt = tmp_path / "gt.csv"
+    gt.write_text("character,shot,start_frame,end_frame,label\n"
+                  "red,5,50,69,1\nred,6,70,89,1\nnavy,1,0,29,1\nnavy,2,30,49,-1\nyellow,2,30,49,1\n")
+    rc = run_eval("--movie", "heat", "--ground-truth", str(gt), "--queries", str(synthetic.queries),
+                  "--ties", "order", "--json", "-q")
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    report = json.loads(captured.out)
+    mapping = report["ground_truth"]["indexed_to_annotated"]
+    assert mapping["1"] == "1" and mapping["2"] == "2" and mapping["3"] in ("5", "6")  # 20 frames of each, ± our cut
+    red = report["characters"]["red"]
+    assert red["relevant"] == 1 and red["annotated"]["relevant"] == 2
+    missed = "6" if mapping["3"] == "5" else "5"
+    assert red["annotated"]["missed"] == [missed] and red["annotated"]["relevant_shots"] == ["5", "6"]
+    assert red["annotated"]["ap"] == pytest.approx(red["ap"] / 2, abs=1e-4) and red["annotated"]["ap"] < 1
+    assert red["annotated"]["first_rank"] == red["first_rank"]
+    # navy: shot 2 is ignored in both views, so both agree.
+    navy = report["characters"]["navy"]
+    assert navy["annotated"]["ap"] == navy["ap"] and navy["annotated"]["ignored"] == 1
+    assert report["summary"]["map_annotated"] < report["summary"]["map"]
+    rc = run_eval("--movie", "heat", "--ground-truth", str(gt), "--queries", str(synthetic.queries), "-q")
+    out = capsys.readouterr().out
+    assert rc == 0 and out.count("MAP") == 2 and f"annotated shots missed: {missed}" in out
 
 
 def test_the_reported_command_reproduces_the_numbers(synthetic, capsys) -> None:
@@ -251,7 +336,7 @@ def real_env(tmp_path_factory: pytest.TempPathFactory, tiny_dinov2: Path):
         pytest.skip(f"needs {PERSON_DETECTOR}")
     root = tmp_path_factory.mktemp("eval-real")
     env = {"INDEX_DIR": str(root / "indexes"), "DETECTOR": str(PERSON_DETECTOR), "PERSON_CLASSES": "0,1",
-           "DINOV2_MODEL": str(tiny_dinov2), "DEVICE": "cpu"}
+           "DINOV2_MODEL": str(tiny_dinov2), "DEVICE": "cpu", "CHANNELS": "dinov2"}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(f"CASTFINDER_{key}", value)
@@ -287,6 +372,12 @@ def test_goldeneye_eval_json_and_plots(goldeneye: Path, tmp_path: Path, capsys) 
         assert all(r["scene"] == 1 and 1 <= r["shot"] <= 22 for r in character["ranking"])
         check_metrics_match_ranking(character, report["config"]["ks"])
         assert_png(Path(report["plots"][name]))
+        # Shot ids are the annotated shots: both views agree.
+        a = character["annotated"]
+        assert (a["ap"], a["precision"], a["recall"], a["relevant"], a["first_rank"]) == (
+            character["ap"], character["precision"], character["recall"], character["relevant"],
+            character["first_rank"])
+    assert report["summary"]["map_annotated"] == report["summary"]["map"]
     assert sorted(p.name for p in plots.iterdir()) == ["boris_pr.png", "natalya_pr.png"]
     assert str(plots / "boris_pr.png") in captured.err
 

@@ -10,13 +10,16 @@ import pytest
 
 from core import BadInputError, CastfinderError, Shot
 from core.evaluation import (
+    AnnotatedShot,
     CharacterTruth,
     GroundTruthError,
     QueryFolderError,
     collect_queries,
     load_ground_truth,
+    map_to_annotated,
     mean_average_precision,
     resolve_ties,
+    score_annotated,
     score_ranking,
 )
 
@@ -201,7 +204,13 @@ def test_frame_ranges_match_the_shot_with_the_largest_overlap(tmp_path: Path) ->
     truth = load_ground_truth(gt, video_shots())
     assert truth["jack"].relevant == {1, 2}
     assert truth["rose"].relevant == {3} and truth["rose"].ignored == {2}  # 100–230: 112 frames in shot 2, 19 in 3
-    assert truth.forms["frames"] == 4 and truth.forms["shot"] == 0 and truth.warnings == []
+    assert truth.forms["frames"] == 4 and truth.forms["shot"] == 0
+    # The `shot` cell names the annotated shot: rose's row calls 100–230 shot 2, which jack's row
+    # gives as 58–210; one annotated shot spanning both, said once.
+    assert truth.warnings == ["gt.csv:5: annotated shot 2 has the range frames 100–230 here but frames 58–210 "
+                              "on line 3; counted as one shot spanning both."]
+    two = truth.units[("named", "frames", None, "2")]
+    assert (two.start, two.end) == (58, 230)
 
 
 def test_frame_ranges_win_over_shot_numbers_and_equal_overlaps_go_to_the_earlier_shot(tmp_path: Path) -> None:
@@ -211,8 +220,9 @@ def test_frame_ranges_win_over_shot_numbers_and_equal_overlaps_go_to_the_earlier
     truth = load_ground_truth(gt, shots)
     assert truth["a"].relevant == {1}  # 5 frames in shot 1, 5 in shot 2
     assert truth["b"].relevant == {2}  # 7, 10, 7: shot 2 holds only 10 of 24 frames
-    [warning] = truth.warnings
+    warning, named = truth.warnings
     assert "gt.csv:3" in warning and "42%" in warning and "shot 2" in warning
+    assert "annotated shot 42" in named  # only a name here, given to two different ranges
 
 
 def test_time_ranges_match_by_overlap_in_seconds(tmp_path: Path) -> None:
@@ -341,6 +351,157 @@ def test_the_shared_ground_truth_files_parse(tmp_path: Path) -> None:
                               "titanic,rose,1,0,57,1\ntitanic,rose,2,58,210,1\ntitanic,rose,3,211,481,1\n", "t.csv")
     truth = load_ground_truth(titanic, video_shots(), movie="Titanic")
     assert truth["jack"].relevant == truth["rose"].relevant == {1, 2, 3}
+
+
+# =============================================================================================
+# The annotated view: each result counts for the annotated shot it overlaps most
+# =============================================================================================
+def timed_shots(*bounds: float, fps: float = 30.0) -> list[Shot]:
+    """Indexed shots cut at the given times (the first starts at 0), at `fps`."""
+    edges = [0.0, *bounds]
+    return [Shot(i, i, None, round(a * fps), round(b * fps) - 1, a, b)
+            for i, (a, b) in enumerate(zip(edges, edges[1:]), start=1)]
+
+
+def both_views(truth, name: str, ranking, **kw):
+    t = truth[name]
+    return (score_ranking(ranking, t.relevant, t.ignored, **kw),
+            score_annotated(ranking, truth.shot_units, t.relevant_units, t.ignored_units, **kw))
+
+
+def test_a_merged_indexed_shot_counts_once_per_indexed_shot_but_misses_an_annotated_shot(tmp_path: Path) -> None:
+    # Annotated shots 1 (0–2 s) and 2 (2–4 s) show x; our cut merged them into indexed shot 1 (0–4 s).
+    gt = write(tmp_path, "character,shot,start_s,end_s,label\nx,1,0,2,1\nx,2,2,4,1\ny,3,4,6,1\n")
+    truth = load_ground_truth(gt, timed_shots(4, 6))
+    assert truth["x"].relevant == {1} and len(truth["x"].relevant_units) == 2 and len(truth.units) == 3
+    indexed, annotated = both_views(truth, "x", [1, 2])
+    assert indexed.ap == 1.0 and indexed.relevant == 1 and indexed.recall[5] == 1.0
+    # Indexed shot 1 counts for annotated shot 1 (equal overlap: the earlier); shot 2 is missed.
+    assert annotated.ap == pytest.approx(0.5) and annotated.ap < 1.0
+    assert annotated.relevant == 2 and annotated.found == 1 and annotated.recall[5] == pytest.approx(0.5)
+    assert annotated.first_relevant_rank == 1 and annotated.units[0] == ("named", "seconds", None, "1")
+
+
+def test_a_result_whose_annotated_shot_was_already_found_is_a_duplicate_miss() -> None:
+    # Our cut split annotated shot A (indexed 1 and 2); D is relevant too, N is another's shot.
+    units = {1: "A", 2: "A", 3: "N", 4: "D"}
+    s = score_annotated([1, 2, 4, 3], units, relevant_units={"A", "D"})
+    assert s.labels == (True, False, True, False) and s.duplicates == 1 and s.found == 2
+    assert s.ap == pytest.approx((1 / 1 + 2 / 3) / 2)
+    assert s.precision[5] == pytest.approx(2 / 5) and s.recall[5] == 1.0
+    # A duplicate takes a rank: the same hits without it score higher.
+    assert score_annotated([1, 4, 3], units, relevant_units={"A", "D"}).ap == 1.0
+    # Only duplicates after the first: the first relevant result is still rank 1.
+    assert score_annotated([2, 1], units, relevant_units={"A"}).first_relevant_rank == 1
+
+
+def test_results_counting_for_an_ignored_annotated_shot_take_no_rank() -> None:
+    units = {1: "I", 2: "A", 3: "I", 4: None, 5: "B"}
+    s = score_annotated([1, 2, 3, 4, 5], units, relevant_units={"A", "B"}, ignored_units={"I"})
+    assert s.ranking == (2, 4, 5) and s.ignored_retrieved == 2 and s.first_relevant_rank == 1
+    assert s.ap == pytest.approx((1 + 2 / 3) / 2)
+    # Relevant beats ignored for one annotated shot; a shot counting for no annotated shot is a miss.
+    assert score_annotated([4, 2], units, relevant_units={"A"}, ignored_units={"A"}).ap == pytest.approx(0.5)
+    assert score_annotated([1], units, relevant_units={"A"}, ignored_units={"I"}).ap == 0.0
+
+
+def test_annotated_ties_put_misses_then_duplicates_before_new_hits() -> None:
+    units = {1: "A", 2: "A", 3: None, 4: "B"}
+    tied = [0.5] * 3
+    s = score_annotated([1, 2, 3], units, relevant_units={"A"}, keys=tied)
+    assert s.ranking == (3, 1, 2) and s.labels == (False, True, False) and s.ap == pytest.approx(1 / 2)
+    # Two new annotated shots in one tie: all of the one with more results first, so that the
+    # second hit lands as low as it can (ranks 1 and 3, not 1 and 2).
+    s = score_annotated([4, 1, 2], units, relevant_units={"A", "B"}, keys=tied)
+    assert s.ranking == (1, 2, 4) and s.labels == (True, False, True) and s.ap == pytest.approx((1 + 2 / 3) / 2)
+    assert score_annotated([1, 2, 3], units, relevant_units={"A"}, keys=tied, ties="order").ap == 1.0
+    # A shot found before the tie makes its repeat inside the tie a duplicate, placed before new hits.
+    s = score_annotated([1, 2, 4], units, relevant_units={"A", "B"}, keys=[0.9, 0.5, 0.5])
+    assert s.ranking == (1, 2, 4) and s.ap == pytest.approx((1 + 2 / 3) / 2)
+    s = score_annotated([1, 4, 2], units, relevant_units={"A", "B"}, keys=[0.9, 0.5, 0.5])
+    assert s.ranking == (1, 2, 4) and s.ap == pytest.approx((1 + 2 / 3) / 2)
+    with pytest.raises(ValueError):
+        score_annotated([1], units, {"A"}, ties="optimistic")
+    with pytest.raises(ValueError):
+        score_annotated([1], units, {"A"}, keys=[1, 2])
+
+
+def test_shot_id_ground_truth_gives_the_same_numbers_in_both_views(tmp_path: Path) -> None:
+    """GoldenEye: a frames folder whose shot ids are the annotated shots."""
+    golden = write(tmp_path, "movie,character,scene,shot,label\n" + "".join(
+        f"goldeneye,boris,1,{n},1\n" for n in (3, 5, 7, 9, 11, 13, 15, 17, 18, 19, 21)) +
+        "goldeneye,boris,1,20,-1\n" + "".join(f"goldeneye,natalya,1,{n},1\n" for n in (3, 5, 7, 9, 11, 17)) +
+        "goldeneye,natalya,1,13,-1\ngoldeneye,natalya,1,1,0\n", "golden.csv")
+    shots = [Shot(k, k, 1, 3 * (k - 1), 3 * (k - 1) + 2, 3 * (k - 1) / 5, 3 * k / 5) for k in range(1, 23)]
+    truth = load_ground_truth(golden, shots)
+    assert truth.shot_units == {k: (("shot", k) if k in (1, 3, 5, 7, 9, 11, 13, 15, 17, 18, 19, 20, 21) else None)
+                                for k in range(1, 23)}
+    import random
+
+    rng = random.Random(7)
+    for _ in range(50):
+        ranking = rng.sample(range(1, 23), rng.randint(0, 22))
+        keys = [rng.choice((0.1, 0.2, 0.3)) for _ in ranking]
+        keys.sort(reverse=True)
+        for name in ("boris", "natalya"):
+            for kw in ({}, {"keys": keys}, {"keys": keys, "ties": "order"}):
+                if "keys" in kw:
+                    kw = {**kw, "keys": keys + keys[:3]}
+                indexed, annotated = both_views(truth, name, ranking + ranking[:3], **kw)  # repeats count once
+                assert annotated.ap == pytest.approx(indexed.ap)
+                assert annotated.precision == pytest.approx(indexed.precision)
+                assert annotated.recall == pytest.approx(indexed.recall)
+                assert annotated.first_relevant_rank == indexed.first_relevant_rank
+                assert (annotated.ranking, annotated.labels) == (indexed.ranking, indexed.labels)
+                assert annotated.duplicates == 0
+
+
+def test_rows_of_several_characters_naming_one_shot_are_one_annotated_shot(tmp_path: Path) -> None:
+    gt = write(tmp_path, "character,shot,start_s,end_s,label\n"
+                         "jim,6,9.467,12.067,1\nmichael,6,9.467,12.067,-1\nmichael,05,7.067,9.467,1\n"
+                         "pam,5.0,7.067,9.467,0\n")
+    truth = load_ground_truth(gt, timed_shots(7.067, 12.067, 20))  # our shot 2 merges annotated 5 and 6
+    assert sorted(u.name for u in truth.units.values()) == ["5", "6"]
+    assert all(isinstance(u, AnnotatedShot) and u.form == "seconds" for u in truth.units.values())
+    six, five = ("named", "seconds", None, "6"), ("named", "seconds", None, "5")
+    assert truth["jim"].relevant_units == {six} and truth["michael"].ignored_units == {six}
+    assert truth["michael"].relevant_units == {five} and truth["pam"].absent_units == {five}
+    assert truth.shot_units == {1: None, 2: six, 3: None}  # 2.6 s of 6 beats 2.4 s of 5
+    # Per indexed shot michael is present in shot 2 (present beats ignored); per annotated shot
+    # our shot 2 is his ignored shot 6, so it takes no rank and his shot 5 is missed.
+    indexed, annotated = both_views(truth, "michael", [2, 1])
+    assert indexed.ap == 1.0 and annotated.ap == 0.0 and annotated.ignored_retrieved == 1
+    assert both_views(truth, "jim", [2])[1].ap == 1.0
+
+
+def test_indexed_shots_mostly_of_unannotated_footage_count_for_no_annotated_shot() -> None:
+    units = [AnnotatedShot(("u", 1), "1", "seconds", 0.0, 2.0), AnnotatedShot(("u", 2), "2", "seconds", 3.0, 5.0)]
+    # Our cuts a few frames off the annotator's: 1.9–3.1 s is mostly footage no row covers.
+    shots = timed_shots(1.9, 3.1, 5.0)
+    assert map_to_annotated(shots, units) == {1: ("u", 1), 2: None, 3: ("u", 2)}
+    # A shot holding more of an annotated shot than of any uncovered stretch counts for it.
+    assert map_to_annotated(timed_shots(1.5, 4.5, 5.0), units) == {1: ("u", 1), 2: ("u", 2), 3: ("u", 2)}
+    # Overlapping no annotated shot at all.
+    assert map_to_annotated(timed_shots(5.0, 9.0), units)[2] is None
+
+
+def test_frame_ranges_map_to_annotated_shots_by_their_frames(tmp_path: Path) -> None:
+    gt = write(tmp_path, "movie,character,shot,start_frame,end_frame,label\n"
+                         "titanic,jack,1,0,57,1\ntitanic,jack,2,58,210,1\ntitanic,jack,3,211,481,1\n"
+                         "titanic,rose,1,0,57,1\ntitanic,rose,2,58,210,1\ntitanic,rose,3,211,481,1\n")
+    truth = load_ground_truth(gt, video_shots())  # our cuts: 0–56, 57–211, 212–481
+    assert len(truth.units) == 3
+    assert truth.shot_units == {i: ("named", "frames", None, str(i)) for i in (1, 2, 3)}
+    indexed, annotated = both_views(truth, "rose", [3, 1, 2])
+    assert indexed.ap == annotated.ap == 1.0
+    # Without a `shot` column each distinct range is an annotated shot.
+    plain = load_ground_truth(write(tmp_path, "character,start_frame,end_frame\na,0,57\nb,0,57\nb,58,481\n", "p.csv"),
+                              video_shots())
+    assert sorted(u.name for u in plain.units.values()) == ["frames 0–57", "frames 58–481"]
+    assert plain.shot_units == {1: ("range", "frames", 0, 57), 2: ("range", "frames", 58, 481),
+                                3: ("range", "frames", 58, 481)}
+    s = score_annotated([2, 3, 1], plain.shot_units, plain["b"].relevant_units)
+    assert s.labels == (True, False, True) and s.duplicates == 1 and s.ap == pytest.approx((1 + 2 / 3) / 2)
 
 
 # =============================================================================================
