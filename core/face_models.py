@@ -71,7 +71,9 @@ class ScrfdDetector:
     _STRIDES = (8, 16, 32)
     _ANCHORS = 2
 
-    def __init__(self, path: Path, *, score: float = 0.5, nms_iou: float = 0.4, threads: int = 0) -> None:
+    # 0.4 rather than InsightFace's 0.5: film faces (graded, lit from the side, turned) score
+    # lower than WIDER FACE's, and a face must also sit where a person's head is to be used.
+    def __init__(self, path: Path, *, score: float = 0.4, nms_iou: float = 0.4, threads: int = 0) -> None:
         self.session = _onnx_session(path, "SCRFD face detector", "CASTFINDER_FACE_DETECTOR", threads)
         inp = self.session.get_inputs()[0]
         self._input = inp.name
@@ -204,6 +206,10 @@ def assign_faces(faces: Sequence[FaceBox], people: np.ndarray) -> dict[int, Face
     return taken
 
 
+# A person box at least this share of the frame's height is a close-up (see _assign_in_frame).
+_CLOSE_UP = 0.5
+
+
 @dataclass(frozen=True)
 class FaceHit:
     crop_index: int  # which of the given crops (or people) the face belongs to
@@ -226,6 +232,23 @@ class OnnxFaceEncoder:
 
     def _faces(self, rgb: np.ndarray) -> list[FaceBox]:
         return [f for f in self.detector.detect(rgb) if f.landmarks is not None and f.short_side >= self.min_face_px]
+
+    def _assign_in_frame(self, rgb: np.ndarray, boxes: np.ndarray) -> dict[int, FaceBox]:
+        """Faces of a frame's people. Detectors score faces that fill much of their input low (a
+        close-up's face is half the frame): where a large person is left without a face, the
+        frame is searched once more inside a black border, which makes every face smaller."""
+        faces = self._faces(rgb)
+        taken = assign_faces(faces, boxes)
+        h, w = rgb.shape[:2]
+        large = [i for i, b in enumerate(boxes) if i not in taken and b[3] - b[1] >= _CLOSE_UP * h]
+        if not large:
+            return taken
+        pad = int(max(h, w) * 0.25)
+        padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+        more = [FaceBox(tuple(v - pad for v in f.box), f.score, f.landmarks - pad) for f in self._faces(padded)]
+        both = faces + more
+        keep = nms(np.array([f.box for f in both]), np.array([f.score for f in both]), 0.4) if both else []
+        return assign_faces([both[i] for i in keep], boxes)
 
     def encode(self, crops: Sequence) -> tuple[np.ndarray, list[FaceHit]]:
         """The face of each person crop (a query's people): the face in the upper part of the crop.
@@ -251,7 +274,7 @@ class OnnxFaceEncoder:
         offset = 0
         for rgb, boxes in zip(frames, people):
             if len(boxes):
-                for p, face in sorted(assign_faces(self._faces(rgb), boxes).items()):
+                for p, face in sorted(self._assign_in_frame(rgb, boxes).items()):
                     aligned.append(align(rgb, face.landmarks))
                     hits.append(FaceHit(offset + p, face.box, face.score))
             offset += len(boxes)
