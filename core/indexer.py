@@ -20,7 +20,7 @@ from .detector import PersonDetector
 from .errors import BadInputError
 from .naming import clean_name, slugify
 from .settings import Settings
-from .sources import SampledFrame, shot_targets, open_source
+from .sources import SampledFrame, open_source, scene_threshold, shot_targets
 from .store import CropRow, IndexWriter, movie_info, read_manifest, tidy_index_dir
 from .tracks import ShotTracker
 from .types import IndexReport, Progress, ProgressCallback, Shot
@@ -98,7 +98,7 @@ class Indexer:
         with timer("open"):
             source = open_source(
                 source_path, frames_fps=s.frames_fps, scene_threshold=s.scene_threshold,
-                min_shot_frames=s.min_shot_frames,
+                min_shot_frames=s.min_shot_frames, shot_detector=s.shot_detector, min_shot_s=s.min_shot_s,
             )
         with timer("shots"):
             shots = source.shots(progress)
@@ -117,7 +117,9 @@ class Indexer:
                 "detector": {"model": self.detector.name, "classes": self.detector.classes,
                              "conf": self.detector.conf, "imgsz": self.detector.imgsz},
                 "settings": {"sample_fps": s.sample_fps, "frames_fps": s.frames_fps,
-                             "scene_threshold": s.scene_threshold, "min_shot_frames": s.min_shot_frames,
+                             "shot_detector": s.shot_detector,
+                             "scene_threshold": scene_threshold(s.shot_detector, s.scene_threshold),
+                             "min_shot_s": s.min_shot_s, "min_shot_frames": s.min_shot_frames,
                              "dedup": s.dedup, "dedup_threshold": s.dedup_threshold,
                              "faiss_index": s.faiss_index, "track_iou": s.track_iou,
                              "min_person_px": s.min_person_px, "min_face_px": s.min_face_px},

@@ -17,6 +17,7 @@ CHANNELS = (*BODY_CHANNELS, "face")
 Aggregation = Literal["max", "frequency", "rrf"]
 FaissKind = Literal["flat", "ivf", "hnsw"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+ShotDetectorName = Literal["editor", "content", "adaptive"]
 
 
 def face_spec(detector: str, model: str) -> str:
@@ -90,9 +91,16 @@ class Settings(BaseSettings):
     # Sampling inside shots (video) and the frame rate that frames-folder names imply.
     sample_fps: float = Field(5.0, gt=0)
     frames_fps: float = Field(5.0, gt=0)
-    # PySceneDetect ContentDetector threshold and shortest shot in frames.
-    scene_threshold: float = Field(27.0, gt=0)
-    min_shot_frames: int = Field(15, ge=1)
+    # Shots: editor (hard cuts that stand out from their neighbours; a white flash starts a new
+    # shot where it begins), content or adaptive (PySceneDetect's detectors). Measured in
+    # docs/EVALUATION.md, "Shot boundaries".
+    shot_detector: ShotDetectorName = "editor"
+    # The content score (0-255) a cut must reach; empty: the detector's own (editor 15, content 27,
+    # adaptive 15).
+    scene_threshold: float | None = Field(None, gt=0)
+    # Shortest shot in seconds, and also in frames (0: no limit in frames; 15 was the old default).
+    min_shot_s: float = Field(0.2, ge=0)
+    min_shot_frames: int = Field(0, ge=0)
 
     # Propagation: the people matched confidently by a search become extra queries (their other
     # views in the film) for a second round, which finds their back views and other looks.
@@ -133,6 +141,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_models_dir(cls, value: object) -> object:
         # `CASTFINDER_MODELS_DIR=` (as in .env.example) means unset, not the current folder.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("scene_threshold", mode="before")
+    @classmethod
+    def _empty_threshold(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("person_classes", mode="before")

@@ -1,7 +1,8 @@
 """Movie sources: shots and the frames sampled inside them.
 
-Two kinds: a video file (shots from PySceneDetect, timestamps from the container's presentation
-times, so variable frame rate is handled) and a folder of frames named like the TRECVID dumps,
+Two kinds: a video file (shots cut the way an editor cuts them, by EditorCutDetector, or by
+PySceneDetect's detectors; timestamps from the container's presentation times, so variable frame
+rate is handled) and a folder of frames named like the TRECVID dumps,
 `<movie>-<scene>-shot_<k>-frame_<j>.jpg` (shots and scenes from the names).
 """
 
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import re
+import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +32,24 @@ FRAME_NAME = re.compile(
     r"^(?P<movie>.+)-(?P<scene>\d+)-shot_(?P<shot>\d+)-frame_(?P<frame>\d+)\.(?:jpe?g|png)$",
     re.IGNORECASE,
 )
+# Shot detectors (CASTFINDER_SHOT_DETECTOR). "editor" is this module's own (EditorCutDetector:
+# hard cuts by an adaptive content score, white flashes as one boundary where they begin);
+# "content" and "adaptive" are PySceneDetect's ContentDetector and AdaptiveDetector.
+# benchmarks/bench_shots.py measures them; docs/EVALUATION.md, "Shot boundaries".
+SHOT_DETECTORS = ("editor", "content", "adaptive")
+DEFAULT_SHOT_DETECTOR = "editor"
+DEFAULT_MIN_SHOT_S = 0.2
+# The content score a cut must reach when CASTFINDER_SCENE_THRESHOLD is not set: editor's floor
+# (its cuts must also stand out from their neighbours), ContentDetector's own default, and
+# AdaptiveDetector's min_content_val.
+DEFAULT_THRESHOLDS = {"editor": 15.0, "content": 27.0, "adaptive": 15.0}
+
+
+def scene_threshold(detector: str, threshold: float | None) -> float:
+    """The content score a cut must reach with this detector: the setting, else its default."""
+    return float(threshold) if threshold is not None else DEFAULT_THRESHOLDS[detector]
+
+
 # A video that decodes to fewer frames than its container promises is truncated or damaged.
 _TRUNCATION_TOLERANCE = 0.95
 _PROGRESS_CHUNK_S = 30.0
@@ -56,13 +78,22 @@ class MovieSource:
         return getattr(self, "_warnings", [])
 
 
-def open_source(path: Path, *, frames_fps: float, scene_threshold: float, min_shot_frames: int) -> MovieSource:
+def open_source(
+    path: Path,
+    *,
+    frames_fps: float,
+    scene_threshold: float | None = None,
+    min_shot_frames: int = 0,
+    shot_detector: str = DEFAULT_SHOT_DETECTOR,
+    min_shot_s: float = DEFAULT_MIN_SHOT_S,
+) -> MovieSource:
     path = Path(path).expanduser()
     if not path.exists():
         raise BadInputError(f"{path}: no such file or folder.")
     if path.is_dir():
         return FramesFolderSource(path, fps=frames_fps)
-    return VideoSource(path, threshold=scene_threshold, min_shot_frames=min_shot_frames)
+    return VideoSource(path, threshold=scene_threshold, min_shot_frames=min_shot_frames,
+                       detector=shot_detector, min_shot_s=min_shot_s)
 
 
 def shot_targets(shot: Shot, fps: float) -> list[float]:
@@ -74,13 +105,211 @@ def shot_targets(shot: Shot, fps: float) -> list[float]:
     return targets or [shot.start_s + shot.duration_s / 2]
 
 
+def shrink(bgr: np.ndarray, width: int) -> np.ndarray:
+    """The frame at `width` pixels wide (or as it is when narrower), cheaply and with little of
+    the aliasing of point sampling: a 2x2 average (OpenCV's fast path) where the frame is at least
+    twice as wide, bilinear for the rest."""
+    h, w = bgr.shape[:2]
+    if w <= width:
+        return bgr
+    height = max(1, round(h * width / w))
+    if w >= 4 * width:
+        bgr = cv2.resize(bgr, (2 * width, 2 * height), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
+    if w >= 2 * width:
+        bgr = cv2.resize(bgr, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        if bgr.shape[1] == width:
+            return bgr
+    return cv2.resize(bgr, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def content_score(hsv: np.ndarray, prev: np.ndarray) -> float:
+    """PySceneDetect's content score between two HSV frames: the mean absolute difference of hue,
+    saturation and value, averaged over the three (0–255)."""
+    h, s, v, _ = cv2.mean(cv2.absdiff(hsv, prev))
+    return (h + s + v) / 3.0
+
+
+class EditorCutDetector:
+    """Shot boundaries as an editor cuts them, from frames pushed one at a time.
+
+    - A hard cut is a frame whose content score (its change from the frame before, as in
+      PySceneDetect's ContentDetector) reaches `threshold` and stands out from its neighbours: at
+      least `ratio` times the mean score of the `window` frames on each side. Camera moves, zooms,
+      fades and a flash's fall change every frame a little and do not stand out; a cut changes one.
+    - A white flash (brightening to `flash_luma` or more, unsaturated, by at least `flash_rise`
+      within `max_rise_s`, perhaps holding white up to `max_hold_s`, then falling back as much
+      within `max_fall_s`) is one event: a new shot starts where the flash begins when the frames
+      before and after it show different shots, and there is no boundary at all when they show the
+      same one (`same_shot`, see _same_shot); no cut is taken inside it, neither at its peak nor
+      during its fall. A drop much steeper than the fall so far is a cut: the flash ended before.
+    - Cuts closer than `min_shot_s` (and `min_shot_frames`) to the previous one are dropped.
+
+    Memory: two floats per frame plus a couple of seconds of small frames.
+    """
+
+    def __init__(
+        self,
+        *,
+        fps: float,
+        threshold: float = DEFAULT_THRESHOLDS["editor"],
+        ratio: float = 2.0,
+        window: int = 2,
+        min_shot_s: float = DEFAULT_MIN_SHOT_S,
+        min_shot_frames: int = 0,
+        flashes: bool = True,
+        flash_luma: float = 150.0,
+        flash_saturation: float = 64.0,
+        flash_rise: float = 50.0,
+        max_rise_s: float = 0.5,
+        max_hold_s: float = 0.2,
+        max_fall_s: float = 1.0,
+        same_shot: float = 0.72,
+        width: int = 256,
+    ) -> None:
+        fps = fps if fps and fps > 0 else 25.0
+        self.threshold, self.ratio, self.window = threshold, ratio, max(1, window)
+        self.min_shot_s, self.min_shot_frames = min_shot_s, min_shot_frames
+        self.flashes, self.flash_luma, self.flash_rise = flashes, flash_luma, flash_rise
+        self.flash_saturation = flash_saturation
+        self.max_hold = max(1, math.ceil(max_hold_s * fps))
+        self.same_shot = same_shot
+        self.max_rise = max(1, math.ceil(max_rise_s * fps))
+        self.max_fall = max(1, math.ceil(max_fall_s * fps))
+        self.width = width
+        self.scores: list[float] = []  # content score of frame i against frame i-1 (0 for frame 0)
+        self.luma: list[float] = []  # mean value (HSV V, 0-255) of frame i
+        self.saturation: list[float] = []  # mean saturation (HSV S, 0-255) of frame i
+        self.times: list[float] = []
+        self.events: list[tuple[int, int, bool]] = []  # flashes: (first frame, last frame, same shot)
+        # A flash peak is examined once its whole fall (and the window after it) has been pushed;
+        # the small frames kept reach back to the frame before its rise.
+        self._lag = self.max_fall + self.window + 3
+        self._frames: deque[np.ndarray] = deque(maxlen=self.max_rise + self._lag + 3)
+        self._scanned = 1  # flash peaks are checked up to this frame (exclusive)
+        self._flash_end = -1  # last frame of the latest flash
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def push(self, bgr: np.ndarray, time_s: float | None = None) -> None:
+        """The next frame (BGR, any size; `shrink` it first to save work) and its presentation time
+        (index / 25 when None)."""
+        hsv = cv2.cvtColor(shrink(bgr, self.width), cv2.COLOR_BGR2HSV)
+        self.scores.append(content_score(hsv, self._frames[-1]) if self._frames else 0.0)
+        _, sat, value, _ = cv2.mean(hsv)
+        self.luma.append(value)
+        self.saturation.append(sat)
+        self.times.append(float(time_s) if time_s is not None else len(self.times) / 25.0)
+        self._frames.append(hsv)
+        if self.flashes:
+            self._scan(len(self.scores) - self._lag)
+
+    def stands_out(self, i: int) -> bool:
+        """Whether frame i is a hard cut: a large change, and much larger than its neighbours'."""
+        s, w = self.scores, self.window
+        if i < 1 or s[i] < self.threshold:
+            return False
+        near = s[max(1, i - w):i] + s[i + 1:i + 1 + w]
+        return not near or s[i] >= self.ratio * (sum(near) / len(near))
+
+    def _frame(self, index: int) -> np.ndarray | None:
+        back = len(self.scores) - 1 - index
+        return self._frames[-1 - back] if 0 <= back < len(self._frames) else None
+
+    def _same_shot(self, before: int, after: list[int]) -> bool:
+        """Whether a frame after a flash shows the shot of the frame before it: their correlation,
+        32 pixels wide and at the best of small shifts (up to 2 of those pixels, for what moved
+        during the flash), reaches `same_shot`. Correlation ignores brightness and contrast, so
+        what is left of the flash (a blend with white) and dark or washed-out footage do not
+        count."""
+        def small(index: int) -> np.ndarray | None:
+            hsv = self._frame(index)
+            if hsv is None:
+                return None
+            h, w = hsv.shape[:2]
+            bgr = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+            return cv2.resize(bgr, (32, max(6, round(h * 32 / w))), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+        ref = small(before)
+        if ref is None:
+            return False
+        core = ref[2:-2, 2:-2]
+        if float(core.std()) < 1e-3:
+            return False
+        best = -1.0
+        for index in after:
+            frame = small(index)
+            if frame is not None and frame.shape == ref.shape and float(frame.std()) > 1e-3:
+                best = max(best, float(cv2.matchTemplate(frame, core, cv2.TM_CCOEFF_NORMED).max()))
+        return best >= self.same_shot
+
+    def _scan(self, upto: int) -> None:
+        """Look for flash peaks before frame `upto`, whose fall has been pushed by now."""
+        y, n = self.luma, len(self.luma)
+        for c in range(self._scanned, min(upto, n - 1)):
+            if (c <= self._flash_end or y[c] < self.flash_luma or self.saturation[c] > self.flash_saturation
+                    or not (y[c] > y[c - 1] and y[c] >= y[c + 1])):
+                continue  # not the peak of a white flash (a bright colour is no flash)
+            a = c  # first frame of the rise: step back while the frame before is itself brightening
+            while a - 2 > self._flash_end and c - a < self.max_rise and y[a - 1] > y[a - 2] + 2.0:
+                a -= 1
+            if y[c] - y[a - 1] < self.flash_rise:
+                continue
+            # Last frame of the flash: it may hold white a little, then it falls, at once or
+            # gradually; a drop much steeper than the one before it is a cut to a darker shot.
+            b, drop = c, 0.0
+            while b + 1 < n and b + 1 - c <= self.max_fall:
+                step = y[b] - y[b + 1]
+                holding = (drop == 0.0 and b + 1 - c <= self.max_hold and y[b + 1] >= max(y[c] - 10.0, 230.0)
+                           and self.saturation[b + 1] <= self.flash_saturation)
+                if not (step > 1.0 or holding) or (drop > 0.0 and step > 2.0 * drop + 8.0):
+                    break
+                drop = max(step, 0.0) if step > 1.0 else drop
+                b += 1
+            if y[c] - y[b] < self.flash_rise:
+                continue  # a cut to a bright shot that stays bright: not a flash
+            self.events.append((a, b, self._same_shot(a - 1, [b, b + 1, b + 2])))
+            self._flash_end = b
+        self._scanned = max(self._scanned, min(upto, n - 1))
+
+    def cuts(self) -> list[int]:
+        """The first frame of every shot but the first, in order."""
+        if self.flashes:
+            self._scan(len(self.scores))
+        candidates = {i for i in range(1, len(self.scores)) if self.stands_out(i)}
+        for a, b, same in self.events:
+            candidates -= set(range(a, b + 1))
+            if not same:
+                candidates.add(a)
+        cuts: list[int] = []
+        last = 0
+        for i in sorted(candidates):
+            if i - last >= self.min_shot_frames and self.times[i] - self.times[last] >= self.min_shot_s - 1e-6:
+                cuts.append(i)
+                last = i
+        return cuts
+
+
 class VideoSource(MovieSource):
     kind = "video"
 
-    def __init__(self, path: Path, *, threshold: float, min_shot_frames: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        threshold: float | None = None,
+        min_shot_frames: int = 0,
+        detector: str = DEFAULT_SHOT_DETECTOR,
+        min_shot_s: float = DEFAULT_MIN_SHOT_S,
+    ) -> None:
+        if detector not in SHOT_DETECTORS:
+            raise BadInputError(f"unknown shot detector {detector!r}; choose from {', '.join(SHOT_DETECTORS)}.")
         self.path = path
-        self.threshold = threshold
+        self.threshold = scene_threshold(detector, threshold)
         self.min_shot_frames = min_shot_frames
+        self.min_shot_s = min_shot_s
+        self.detector = detector
         self._warnings: list[str] = []
         cap = cv2.VideoCapture(str(path))
         try:
@@ -96,19 +325,75 @@ class VideoSource(MovieSource):
         self.duration_s = 0.0
 
     def shots(self, progress: ProgressCallback) -> list[Shot]:
-        from scenedetect import ContentDetector, SceneManager, open_video
+        if self.detector == "editor":
+            shots, decoded = self._editor_shots(progress)
+        else:
+            shots, decoded = self._scenedetect_shots(progress)
+        if decoded == 0:
+            raise BadInputError(f"{self.path.name}: no frame could be decoded.")
+        if self.frame_count and decoded < _TRUNCATION_TOLERANCE * self.frame_count:
+            raise BadInputError(
+                f"{self.path.name}: the video is truncated or damaged: only {decoded} of its "
+                f"{self.frame_count} frames could be decoded."
+            )
+        self.duration_s = shots[-1].end_s
+        return shots
+
+    def _editor_shots(self, progress: ProgressCallback) -> tuple[list[Shot], int]:
+        detector = EditorCutDetector(fps=self.nominal_fps, threshold=self.threshold,
+                                     min_shot_s=self.min_shot_s, min_shot_frames=self.min_shot_frames)
+        total = self.frame_count or None
+        chunk = max(1, int(_PROGRESS_CHUNK_S * (self.nominal_fps or 25)))
+        last_dt = 1.0 / (self.nominal_fps or 25)
+        previous: np.ndarray | None = None
+        for time_s, small in _decoded(self.path, detector.width):
+            if small is None:  # keep frame numbers in step with sample(): repeat the last frame
+                self._warnings.append(f"frame {len(detector)} could not be decoded; shots read past it")
+                if previous is None:
+                    continue
+                small = previous
+            if detector.times and time_s > detector.times[-1]:
+                last_dt = time_s - detector.times[-1]
+            detector.push(small, time_s)
+            previous = small
+            if len(detector) % chunk == 0:
+                progress(Progress("shots", len(detector), total, "frame"))
+        decoded = len(detector)
+        progress(Progress("shots", decoded, total, "frame"))
+        if decoded == 0:
+            return [], 0
+        times = detector.times
+        starts = [0, *detector.cuts()]
+        ends = [*starts[1:], decoded]
+        shots = [
+            Shot(id=k, number=k, scene=None, start_frame=a, end_frame=b - 1, start_s=times[a],
+                 end_s=times[b] if b < decoded else times[-1] + last_dt)
+            for k, (a, b) in enumerate(zip(starts, ends), start=1)
+        ]
+        return shots, decoded
+
+    def _scenedetect_shots(self, progress: ProgressCallback) -> tuple[list[Shot], int]:
+        from scenedetect import AdaptiveDetector, ContentDetector, SceneManager, open_video
         from scenedetect.video_stream import VideoOpenFailure
 
         try:
             video = open_video(str(self.path), backend="opencv")
         except (VideoOpenFailure, OSError, ValueError) as exc:
             raise BadInputError(f"{self.path.name}: not a video that can be read ({exc}).") from exc
+        # The shortest shot: in seconds, or in frames when that is the longer of the two.
+        fps = video.frame_rate or self.nominal_fps or 25
+        min_len: int | float = float(self.min_shot_s)
+        if self.min_shot_frames > self.min_shot_s * fps:
+            min_len = int(self.min_shot_frames)
         manager = SceneManager()
-        manager.add_detector(ContentDetector(threshold=self.threshold, min_scene_len=self.min_shot_frames))
+        if self.detector == "adaptive":
+            manager.add_detector(AdaptiveDetector(min_scene_len=min_len, min_content_val=self.threshold))
+        else:
+            manager.add_detector(ContentDetector(threshold=self.threshold, min_scene_len=min_len))
         manager.auto_downscale = True
         total = self.frame_count or None
         # detect_scenes continues from the stream's position, so chunks give progress for free.
-        chunk = max(1, int(_PROGRESS_CHUNK_S * (video.frame_rate or 25)))
+        chunk = max(1, int(_PROGRESS_CHUNK_S * fps))
         while True:
             processed = manager.detect_scenes(video=video, duration=chunk)
             progress(Progress("shots", video.frame_number, total, "frame"))
@@ -117,12 +402,7 @@ class VideoSource(MovieSource):
         decoded = video.frame_number
         end_tc = video.position
         if decoded == 0:
-            raise BadInputError(f"{self.path.name}: no frame could be decoded.")
-        if self.frame_count and decoded < _TRUNCATION_TOLERANCE * self.frame_count:
-            raise BadInputError(
-                f"{self.path.name}: the video is truncated or damaged: only {decoded} of its "
-                f"{self.frame_count} frames could be decoded."
-            )
+            return [], 0
         scenes = manager.get_scene_list(start_in_scene=True)
         shots: list[Shot] = []
         for i, (start, end) in enumerate(scenes, start=1):
@@ -140,8 +420,7 @@ class VideoSource(MovieSource):
         if not shots:  # a single shot; PySceneDetect returns nothing without cuts on some versions
             end_s = float(end_tc.seconds)
             shots = [Shot(1, 1, None, 0, decoded - 1, 0.0, end_s)]
-        self.duration_s = shots[-1].end_s
-        return shots
+        return shots, decoded
 
     def sample(self, shots: list[Shot], fps: float, progress: ProgressCallback) -> Iterator[SampledFrame]:
         cap = cv2.VideoCapture(str(self.path))
@@ -179,6 +458,52 @@ class VideoSource(MovieSource):
                 yield SampledFrame(shot.id, index, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         finally:
             cap.release()
+
+
+def _decoded(path: Path, width: int) -> Iterator[tuple[float, np.ndarray | None]]:
+    """(presentation time, frame shrunk to `width`) for every frame of the video, in decode order;
+    None for a frame that cannot be decoded. Decoding runs in a thread beside the caller's work
+    (OpenCV releases the GIL), as PySceneDetect's SceneManager does."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise BadInputError(f"{path.name}: the video could not be reopened.")
+    frames: queue.Queue = queue.Queue(maxsize=64)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                frames.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def decode() -> None:
+        try:
+            while not stop.is_set() and cap.grab():
+                # Presentation time, as sample() reads it: right for variable frame rate.
+                time_s = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+                ok, bgr = cap.retrieve()
+                if not put((time_s, shrink(bgr, width) if ok and bgr is not None else None)):
+                    return
+        except BaseException as exc:  # handed to the reader below
+            failure.append(exc)
+        finally:
+            put(None)
+
+    thread = threading.Thread(target=decode, name="castfinder-decode", daemon=True)
+    thread.start()
+    try:
+        while (item := frames.get()) is not None:
+            yield item
+        if failure:
+            raise failure[0]
+    finally:
+        stop.set()
+        thread.join()
+        cap.release()
 
 
 @dataclass(frozen=True)
