@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import machine  # noqa: E402  (one description of the machine for every benchmark)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="castfinder-yolo-"))
@@ -85,18 +86,6 @@ def clips(data: Path, out: Path) -> dict[str, tuple[Path, Path, Path]]:
     }
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
-
-
 def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
@@ -144,7 +133,7 @@ def main() -> int:
     for config in configs:
         for movie, (_, gt, queries) in movies.items():
             cmd = [*cli, "eval", "--movie", movie, "--ground-truth", str(gt), "--queries", str(queries),
-                   "--index-dir", str(out / "indexes" / config.index), "--top", "20", "--json", "--quiet",
+                   "--index-dir", str(out / "indexes" / config.index), "--top", "50", "--json", "--quiet",
                    *config.search]
             stdout, _ = run(cmd, env)
             reports[(config.label, movie)] = json.loads(stdout)
@@ -190,18 +179,41 @@ def main() -> int:
         print(f"| {config.label} | " + " | ".join(cells) + " |")
 
     print("\n## Confidence at the bot's 50% line (all clips together)\n")
-    print("| configuration | results ≥ 50% | precision | recall of true shots |")
+    print("| configuration | results ≥ 50% | precision / recall per indexed shot | precision / recall per annotated shot |")
     print("|---|---|---|---|")
     for config in configs:
         sure = right = relevant = 0
+        a_sure = a_right = a_relevant = 0
         for movie in names:
             for c in reports[(config.label, movie)]["characters"].values():
                 ranked = [x for x in c["ranking"] if x["confidence"] >= 0.5 and x["label"] != "ignored"]
                 sure += len(ranked)
                 right += sum(x["label"] == "relevant" for x in ranked)
                 relevant += c["relevant"]
+                ann = c.get("annotated")
+                if ann:
+                    confident = {x["shot_id"] for x in c["ranking"] if x["confidence"] >= 0.5}
+                    labels = [x["label"] for x in ann["ranking"] if x["shot_id"] in confident and x["label"] != "ignored"]
+                    a_sure += len(labels)
+                    a_right += labels.count("relevant")
+                    a_relevant += ann["relevant"]
         prec = f"{right / sure:.2f}" if sure else "–"
-        print(f"| {config.label} | {sure} | {prec} | {right / max(relevant, 1):.2f} |")
+        a_prec = f"{a_right / a_sure:.2f}" if a_sure else "–"
+        print(f"| {config.label} | {sure} | {prec} / {right / max(relevant, 1):.2f} | "
+              f"{a_prec} / {a_right / max(a_relevant, 1):.2f} |")
+
+    print("\n## Where true and false matches fall (confidence of each ranked shot, all clips together)\n")
+    print("| configuration | true shots: 10th / 50th percentile | other shots: 90th / 99th percentile | true ≥ 50% | other ≥ 50% |")
+    print("|---|---|---|---|---|")
+    for config in configs:
+        true, other = [], []
+        for movie in names:
+            for c in reports[(config.label, movie)]["characters"].values():
+                for x in c["ranking"]:
+                    (true if x["label"] == "relevant" else other if x["label"] != "ignored" else []).append(x["confidence"])
+        q = lambda v, p: f"{sorted(v)[min(len(v) - 1, int(p / 100 * len(v)))]:.2f}" if v else "–"
+        print(f"| {config.label} | {q(true, 10)} / {q(true, 50)} | {q(other, 90)} / {q(other, 99)} | "
+              f"{sum(v >= 0.5 for v in true) / max(len(true), 1):.2f} | {sum(v >= 0.5 for v in other) / max(len(other), 1):.3f} |")
 
     print("\n## Indexing stage seconds\n")
     for (movie, name), seconds in index_seconds.items():

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # Link each person's detections across a shot's sampled frames (box overlap + appearance),
     # so that a confident face match lifts the whole track.
     tracks: bool = True
+    # Propagation: the people matched confidently by a search become extra queries (their other
+    # views in the film) for a second round, which finds their back views and other looks.
+    expand: bool = True
     track_iou: float = Field(0.3, ge=0.0, le=1.0)
 
     device: DeviceName = "auto"
@@ -102,9 +105,6 @@ class Settings(BaseSettings):
     min_shot_s: float = Field(0.2, ge=0)
     min_shot_frames: int = Field(0, ge=0)
 
-    # Propagation: the people matched confidently by a search become extra queries (their other
-    # views in the film) for a second round, which finds their back views and other looks.
-    expand: bool = True
     # Near-duplicate crops inside one shot are dropped when their cosine similarity to a kept
     # crop of the same shot exceeds the threshold.
     dedup: bool = True
