@@ -648,6 +648,19 @@ def score_ranking(
         raise ValueError("cut-offs k must be at least 1")
     if keys is not None and len(keys) != len(ranking):
         raise ValueError("keys must give one key per ranked shot")
+    kept, kept_keys, dropped = _first_places(ranking, keys, lambda shot: shot in ignored)
+    if keys is not None:
+        kept = resolve_ties(kept, kept_keys, relevant, ties)
+    labels = tuple(s in relevant for s in kept)
+    return Scores(ranking=tuple(kept), labels=labels, ignored_retrieved=dropped,
+                  **_rank_metrics(labels, len(relevant), ks))
+
+
+
+def _first_places(ranking: Sequence[int], keys: Sequence[Hashable] | None,
+                  is_ignored) -> tuple[list[int], list[Hashable], int]:
+    """The ranking with repeats removed and ignored shots taken out (they take no rank): the
+    shots kept, their keys, and how many ignored shots were retrieved."""
     seen: set[int] = set()
     kept: list[int] = []
     kept_keys: list[Hashable] = []
@@ -656,30 +669,27 @@ def score_ranking(
         if shot in seen:
             continue
         seen.add(shot)
-        if shot in ignored:
+        if is_ignored(shot):
             dropped += 1
             continue
         kept.append(shot)
         if keys is not None:
             kept_keys.append(keys[i])
-    if keys is not None:
-        kept = resolve_ties(kept, kept_keys, relevant, ties)
-    labels = tuple(s in relevant for s in kept)
-    n_rel = len(relevant)
-    precision = {k: sum(labels[:k]) / k for k in ks}
-    recall = {k: (sum(labels[:k]) / n_rel if n_rel else None) for k in ks}
-    hits, total = 0, 0.0
-    first = None
+    return kept, kept_keys, dropped
+
+
+def _rank_metrics(labels: Sequence[bool], n_rel: int, ks: Sequence[int]) -> dict:
+    """P@k, R@k, AP (normalised by all `n_rel` relevant shots), hits and the first hit's rank."""
+    hits, total, first = 0, 0.0, None
     for rank, is_rel in enumerate(labels, start=1):
         if is_rel:
             hits += 1
             total += hits / rank
             first = first or rank
-    return Scores(
-        ranking=tuple(kept), labels=labels, relevant=n_rel, found=hits, ignored_retrieved=dropped,
-        precision=precision, recall=recall, ap=(total / n_rel if n_rel else None), first_relevant_rank=first,
-    )
-
+    return {"relevant": n_rel, "found": hits, "first_relevant_rank": first,
+            "precision": {k: sum(labels[:k]) / k for k in ks},
+            "recall": {k: (sum(labels[:k]) / n_rel if n_rel else None) for k in ks},
+            "ap": total / n_rel if n_rel else None}
 
 def score_annotated(
     ranking: Sequence[int],
@@ -706,21 +716,8 @@ def score_annotated(
         raise ValueError("cut-offs k must be at least 1")
     if keys is not None and len(keys) != len(ranking):
         raise ValueError("keys must give one key per ranked shot")
-    seen: set[int] = set()
-    kept: list[int] = []
-    kept_keys: list[Hashable] = []
-    dropped = 0
-    for i, shot in enumerate(ranking):
-        if shot in seen:
-            continue
-        seen.add(shot)
-        unit = shot_units.get(shot)
-        if unit is not None and unit in ignored:
-            dropped += 1
-            continue
-        kept.append(shot)
-        if keys is not None:
-            kept_keys.append(keys[i])
+    kept, kept_keys, dropped = _first_places(
+        ranking, keys, lambda shot: shot_units.get(shot) is not None and shot_units.get(shot) in ignored)
     if keys is not None and ties == "pessimistic":
         kept = _pessimistic_annotated(kept, kept_keys, shot_units, relevant)
     units = tuple(shot_units.get(s) for s in kept)
@@ -732,20 +729,8 @@ def score_annotated(
             found.add(unit)
         labels.append(hit)
     duplicates = sum(1 for u, hit in zip(units, labels) if not hit and u is not None and u in relevant)
-    n_rel = len(relevant)
-    precision = {k: sum(labels[:k]) / k for k in ks}
-    recall = {k: (sum(labels[:k]) / n_rel if n_rel else None) for k in ks}
-    hits, total, first = 0, 0.0, None
-    for rank, is_rel in enumerate(labels, start=1):
-        if is_rel:
-            hits += 1
-            total += hits / rank
-            first = first or rank
-    return Scores(
-        ranking=tuple(kept), labels=tuple(labels), relevant=n_rel, found=hits, ignored_retrieved=dropped,
-        precision=precision, recall=recall, ap=(total / n_rel if n_rel else None), first_relevant_rank=first,
-        units=units, duplicates=duplicates,
-    )
+    return Scores(ranking=tuple(kept), labels=tuple(labels), ignored_retrieved=dropped, units=units,
+                  duplicates=duplicates, **_rank_metrics(labels, len(relevant), ks))
 
 
 def _pessimistic_annotated(ranking: list[int], keys: list[Hashable], shot_units: Mapping[int, tuple | None],
