@@ -269,3 +269,18 @@ def test_an_hnsw_index_returns_as_many_hits_as_asked(make_settings, video: Path)
     _, ids = index.search("dinov2", query, 10_000)
     # HNSW's default search breadth would stop far short of every vector.
     assert sorted(ids[0].tolist()) == list(range(info.vectors))
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_stored_vectors_can_be_read_back_for_propagation(make_settings, video: Path, kind: str) -> None:
+    engine = Engine(make_settings(**RANDOM_YOLO, faiss_index=kind, dedup=False))
+    info = engine.index(video, "Heat").movie
+    index = engine.open_index(info)
+    crops = np.array([0, info.vectors - 1])
+    stored = index.vectors("dinov2", crops)
+    assert stored is not None and stored.shape == (2, info.dim)
+    sims, ids = index.search("dinov2", stored, 1)
+    # Each stored vector finds itself (or an identical crop's) at similarity 1.
+    assert np.allclose(sims[:, 0], 1.0, atol=1e-4)
+    assert np.allclose(index.vectors("dinov2", ids[:, 0]), stored, atol=1e-5)
+    assert index.vectors("dinov2", np.array([info.vectors + 5])) is None  # no such crop
