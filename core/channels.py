@@ -119,9 +119,8 @@ def make_channel(name: str, model: str, settings: Settings, device: str) -> Chan
 
         setting = f"CASTFINDER_{name.upper()}_MODEL"
         path = resolve_model(model, setting=setting, settings_or_models_dir=settings)
-        channel = BodyChannel(make_reid(model, path, batch=settings.embed_batch, threads=settings.torch_threads))
-        channel.name = name
-        return channel
+        return BodyChannel(make_reid(model, path, batch=settings.embed_batch, threads=settings.torch_threads,
+                                     name=name, setting=setting))
     if name in BODY_CHANNELS:
         return BodyChannel(make_embedder(name, model, device=device, batch=settings.embed_batch))
     raise ValueError(f"unknown channel {name!r}")

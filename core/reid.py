@@ -25,8 +25,9 @@ class OsnetEmbedder(Embedder):
     name = "osnet"
     setting = "CASTFINDER_OSNET_MODEL"
 
-    def __init__(self, model: str, *, batch: int, threads: int = 0) -> None:
+    def __init__(self, model: str, *, batch: int, threads: int = 0, setting: str | None = None) -> None:
         path = Path(model).expanduser()
+        self.setting = setting or self.setting
         self.model_name = model
         self.batch = batch
         if not path.is_file():
@@ -43,6 +44,15 @@ class OsnetEmbedder(Embedder):
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ModelNotFoundError("OSNet re-id model", model, self.setting, str(exc).splitlines()[0]) from exc
         inp = self._session.get_inputs()[0]
+        outputs = self._session.get_outputs()
+        # A re-id model takes N×3×H×W crops and gives one N×D vector each; a detector or another
+        # model given by mistake is refused here, not with onnxruntime's error at the first batch.
+        if len(inp.shape) != 4 or inp.shape[1] != 3 or len(outputs) != 1 or len(outputs[0].shape) != 2:
+            raise ModelNotFoundError(
+                "re-id model", model, self.setting,
+                f"not a re-id model: it takes {inp.shape} and gives {len(outputs)} output(s) "
+                f"{[o.shape for o in outputs][:3]}, not N×3×H×W crops to one N×D vector",
+            )
         self._input = inp.name
         _, _, self._h, self._w = (d if isinstance(d, int) else None for d in inp.shape)
         self._h, self._w = self._h or 256, self._w or 128
@@ -108,10 +118,12 @@ class OpenVinoReidEmbedder(Embedder):
         return l2_normalise(np.concatenate(rows))
 
 
-def make_reid(model: str, path: Path, *, batch: int, threads: int = 0) -> Embedder:
+def make_reid(model: str, path: Path, *, batch: int, threads: int = 0, name: str = "reid",
+              setting: str = "CASTFINDER_REID_MODEL") -> Embedder:
     """The re-id embedder for a model file: an OpenVINO IR (.xml) or an OSNet-style ONNX file."""
     if path.suffix.lower() == ".xml":
-        return OpenVinoReidEmbedder(model, path, batch=batch, threads=threads)
-    embedder = OsnetEmbedder(str(path), batch=batch, threads=threads)
-    embedder.name, embedder.model_name, embedder.setting = "reid", model, "CASTFINDER_REID_MODEL"
+        embedder: Embedder = OpenVinoReidEmbedder(model, path, batch=batch, threads=threads)
+    else:
+        embedder = OsnetEmbedder(str(path), batch=batch, threads=threads, setting=setting)
+    embedder.name, embedder.model_name, embedder.setting = name, model, setting
     return embedder

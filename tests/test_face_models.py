@@ -194,3 +194,10 @@ def test_propagation_needs_a_confident_seed() -> None:
     second = expand(index, first, ["reid"], lambda c, v: calls.append(c) or (v[:, :1], np.zeros((len(v), 1), int)),
                     use_tracks=True)
     assert calls == [] and np.array_equal(second.logits, first.logits)
+
+
+@pytest.mark.skipif(not SCRFD.is_file(), reason=f"needs {SCRFD}")
+def test_a_face_detector_given_as_the_reid_model_is_refused_by_name(make_settings) -> None:
+    with pytest.raises(ModelNotFoundError, match="not a re-id model") as err:
+        make_channel("reid", str(SCRFD), make_settings(), "cpu")
+    assert "not a re-id model" in str(err.value) and "CASTFINDER_REID_MODEL" in str(err.value)
