@@ -23,7 +23,7 @@ from .errors import AmbiguousMovieError, BadInputError, MovieNotFoundError
 from .images import ImageLike, QueryImage, crop, load_image
 from .indexer import Indexer
 from .naming import slugify
-from .fusion import body_weights, expand, rank_shots, score_units
+from .fusion import fuse
 from .ranking import aggregate
 from .settings import Settings
 from .store import MovieIndex, list_indexes, read_manifest, tidy_index_dir
@@ -222,13 +222,9 @@ class Engine:
                     f"{method} aggregation works on one channel; with several ({', '.join(use)}) evidence "
                     "is fused per person. Use --aggregation max, or choose one channel with --channels."
                 )
-            weights = body_weights(index, hits)
-            units = score_units(index, hits, use_tracks=s.tracks, weights=weights)
-            if s.expand:
-                units = expand(index, units, use, lambda ch, vecs: index.search(ch, vecs, s.search_k),
-                               use_tracks=s.tracks)
+            propagate = (lambda ch, vecs: index.search(ch, vecs, s.search_k)) if s.expand else None
             ranked = [(f.shot_id, f.confidence, f.similarity, f.best_crop, f.confidence)
-                      for f in rank_shots(index, units)]
+                      for f in fuse(index, hits, use_tracks=s.tracks, expand_with=propagate)]
         results = []
         for rank, (shot_id, score, similarity, best_crop, confidence) in enumerate(ranked[:top], start=1):
             shot = index.shots[shot_id]

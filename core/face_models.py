@@ -18,6 +18,7 @@ import numpy as np
 
 from .embedders import l2_normalise
 from .errors import ModelNotFoundError
+from .faces import FaceHit  # one result type for every face encoder
 
 # InsightFace's ArcFace template for a 112×112 face (what EdgeFace was trained on).
 ARCFACE_TEMPLATE = np.array(
@@ -208,13 +209,6 @@ def assign_faces(faces: Sequence[FaceBox], people: np.ndarray) -> dict[int, Face
 
 # A person box at least this share of the frame's height is a close-up (see _assign_in_frame).
 _CLOSE_UP = 0.5
-
-
-@dataclass(frozen=True)
-class FaceHit:
-    crop_index: int  # which of the given crops (or people) the face belongs to
-    box: tuple[float, float, float, float]  # in that crop's pixels (encode) or the frame's (encode_frames)
-    score: float
 
 
 class OnnxFaceEncoder:

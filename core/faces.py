@@ -26,8 +26,8 @@ _DETECT_MIN_SIDE = 320
 
 @dataclass(frozen=True)
 class FaceHit:
-    crop_index: int
-    box: tuple[float, float, float, float]  # in the crop's pixels
+    crop_index: int  # which of the given crops (or people, for per-frame encoders) the face belongs to
+    box: tuple[float, float, float, float]  # in that crop's pixels, or the frame's for per-frame encoders
     score: float
 
 

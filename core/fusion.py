@@ -147,12 +147,18 @@ def rank_shots(index: MovieIndex, units: UnitScores) -> list[FusedShot]:
     return sorted(by_shot.values(), key=lambda f: (-f.logit, f.shot_id))
 
 
-def fuse(index: MovieIndex, hits: Hits, *, use_tracks: bool, weigh_bodies: bool = True) -> list[FusedShot]:
-    weights = body_weights(index, hits) if weigh_bodies else None
-    return rank_shots(index, score_units(index, hits, use_tracks=use_tracks, weights=weights))
-
-
 SearchFn = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def fuse(index: MovieIndex, hits: Hits, *, use_tracks: bool, weigh_bodies: bool = True,
+         expand_with: SearchFn | None = None) -> list[FusedShot]:
+    """Shots ranked from several channels' hits; with `expand_with` (a search of the index's own
+    vectors), the confident first-round people are propagated (see `expand`)."""
+    weights = body_weights(index, hits) if weigh_bodies else None
+    units = score_units(index, hits, use_tracks=use_tracks, weights=weights)
+    if expand_with is not None:
+        units = expand(index, units, list(hits), expand_with, use_tracks=use_tracks)
+    return rank_shots(index, units)
 
 
 def expand(index: MovieIndex, first: UnitScores, channels: list[str], search: SearchFn, *,
