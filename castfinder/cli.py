@@ -41,6 +41,8 @@ def _model_flags() -> argparse.ArgumentParser:
     g.add_argument("--dinov2-model", help="HF id or local folder (CASTFINDER_DINOV2_MODEL)")
     g.add_argument("--clip-model", help="HF id or local folder (CASTFINDER_CLIP_MODEL)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="CASTFINDER_DEVICE")
+    g.add_argument("--det-runtime", choices=["auto", "openvino", "torch"],
+                   help="person detector runtime (CASTFINDER_DET_RUNTIME; auto: OpenVINO on the CPU)")
     g.add_argument("--reid-model", help="body re-id model: reid_0277 or a path (CASTFINDER_REID_MODEL)")
     g.add_argument("--osnet-model", help="OSNet re-id model: osnet_x0_25 or an ONNX path (CASTFINDER_OSNET_MODEL)")
     g.add_argument("--face-detector", help="scrfd_2.5g, scrfd_500m, yunet, hog, cnn or a path (CASTFINDER_FACE_DETECTOR)")
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "only once the new one is complete.")
     p.add_argument("source", type=Path, help="video file (mp4, mkv, avi, webm, mov) or frames folder")
     p.add_argument("--movie", required=True, help='the movie\'s name, e.g. "Losing Ground"')
-    p.add_argument("--fps", type=float, dest="sample_fps", help="frames sampled per second inside shots (default 5)")
+    p.add_argument("--fps", type=float, dest="sample_fps", help="frames sampled per second inside shots (default 2; CASTFINDER_SAMPLE_FPS)")
     p.add_argument("--frames-fps", type=float, dest="frames_fps",
                    help="frame rate that a frames folder's frames were taken at (default 5)")
     p.add_argument("--faiss", choices=["flat", "ivf", "hnsw"], dest="faiss_index", help="FAISS index type")
@@ -123,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _OVERRIDES = ("index_dir", "detector", "person_classes", "embedder", "dinov2_model", "clip_model", "device",
-              "torch_threads", "sample_fps", "frames_fps", "faiss_index", "dedup", "dedup_threshold", "aggregation",
+              "torch_threads", "det_runtime", "sample_fps", "frames_fps", "faiss_index", "dedup", "dedup_threshold", "aggregation",
               "osnet_model", "reid_model", "face_detector", "face_model", "tracks", "expand", "channels")
 
 
@@ -197,20 +199,29 @@ def cmd_index(args, settings) -> int:
         engine = Engine(settings, load_models=False)  # index() loads the channels it builds
         try:
             report = engine.index(args.source, args.movie, progress=bars)
+        except KeyboardInterrupt:
+            bars.close()
+            print(f"\ninterrupted; the previous index, if any, is unchanged. Run the same command again to go on "
+                  f"from the last checkpoint (one every {settings.checkpoint_s:g} s of film).", file=sys.stderr)
+            return EXIT_INTERRUPTED
         finally:
             bars.close()
     m = report.movie
     if args.json:
         print(json.dumps({
             "movie": m.name, "slug": m.slug, "path": str(m.path), "duration_s": round(m.duration_s, 3),
-            "shots": report.shots, "frames_sampled": report.frames_sampled,
+            "shots": report.shots, "frames_sampled": report.frames_sampled, "frames_still": report.frames_still,
             "persons_detected": report.persons_detected, "crops_kept": report.crops_kept,
             "duplicates_dropped": report.duplicates_dropped, "shots_without_people": report.shots_without_people,
             "seconds": {k: round(v, 3) for k, v in report.seconds.items()}, "warnings": report.warnings,
+            "resumed_at_s": report.resumed_at_s,
         }, ensure_ascii=False))
         return 0
     print(f"Indexed {m.name!r} → {m.path}")
-    print(f"  {report.shots} shots over {format_ts(m.duration_s, decimals=1)}, {report.frames_sampled} frames sampled")
+    if report.resumed_at_s is not None:
+        print(f"  resumed from a checkpoint at {format_ts(report.resumed_at_s, decimals=1)}")
+    still = f" ({report.frames_still} more skipped as still)" if report.frames_still else ""
+    print(f"  {report.shots} shots over {format_ts(m.duration_s, decimals=1)}, {report.frames_sampled} frames sampled{still}")
     print(f"  {report.persons_detected} people found, {report.crops_kept} kept, "
           f"{report.duplicates_dropped} near-duplicates dropped")
     if report.shots_without_people:

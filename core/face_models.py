@@ -38,7 +38,7 @@ class FaceBox:
         return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
 
 
-def _onnx_session(path: Path, what: str, setting: str, threads: int):
+def _onnx_session(path: Path, what: str, setting: str, threads: int, model: bytes | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -46,7 +46,8 @@ def _onnx_session(path: Path, what: str, setting: str, threads: int):
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model if model is not None else str(path), options,
+                                    providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own types for unreadable files
         raise ModelNotFoundError(what, str(path), setting, str(exc).splitlines()[0]) from exc
 
@@ -66,8 +67,30 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_max: float) -> list[int]:
     return keep
 
 
+def _free_input_size(path: Path) -> bytes | None:
+    """The ONNX model with its input's height and width left free, or None when it cannot be read
+    that way. SCRFD is fully convolutional: exports fix 640×640, but any multiple of 32 runs, and
+    a 16:9 frame letterboxed to 640×384 costs 60% of the square pass."""
+    try:
+        import onnx
+
+        model = onnx.load(str(path))
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        if len(dims) != 4:
+            return None
+        dims[2].dim_param, dims[3].dim_param = "height", "width"
+        for output in model.graph.output:
+            output.type.tensor_type.ClearField("shape")
+        del model.graph.value_info[:]  # shapes inferred for 640×640 would contradict the free input
+        return model.SerializeToString()
+    except Exception:  # noqa: BLE001 — onnx missing or an unusual file: the fixed size still works
+        return None
+
+
 class ScrfdDetector:
-    """InsightFace SCRFD (the `_kps` exports: boxes and 5 landmarks) on a letterboxed square input."""
+    """InsightFace SCRFD (the `_kps` exports: boxes and 5 landmarks) on a letterboxed input: the
+    frame's own shape (a multiple of 32, long side at most 640) when the model allows it, else
+    the export's fixed square."""
 
     _STRIDES = (8, 16, 32)
     _ANCHORS = 2
@@ -80,6 +103,13 @@ class ScrfdDetector:
         self._input = inp.name
         h, w = inp.shape[2:4]
         self.size = (int(w) if isinstance(w, int) else 640, int(h) if isinstance(h, int) else 640)
+        self.free_size = not (isinstance(w, int) and isinstance(h, int))
+        if not self.free_size and (model := _free_input_size(path)) is not None:
+            try:
+                self.session = _onnx_session(path, "SCRFD face detector", "CASTFINDER_FACE_DETECTOR", threads, model)
+                self.free_size = True
+            except ModelNotFoundError:
+                pass
         outputs = self.session.get_outputs()
         if len(outputs) != 9:
             raise ModelNotFoundError("SCRFD face detector", str(path), "CASTFINDER_FACE_DETECTOR",
@@ -89,18 +119,31 @@ class ScrfdDetector:
         self._centres = {}
         self._lock = threading.Lock()
 
-    def _anchor_centres(self, stride: int) -> np.ndarray:
-        if stride not in self._centres:
-            w, h = self.size[0] // stride, self.size[1] // stride
+    def _anchor_centres(self, stride: int, size: tuple[int, int]) -> np.ndarray:
+        key = (stride, size)
+        if key not in self._centres:
+            w, h = size[0] // stride, size[1] // stride
             grid = np.stack(np.mgrid[:h, :w][::-1], axis=-1).astype(np.float32).reshape(-1, 2) * stride
-            self._centres[stride] = np.repeat(grid, self._ANCHORS, axis=0)
-        return self._centres[stride]
+            self._centres[key] = np.repeat(grid, self._ANCHORS, axis=0)
+        return self._centres[key]
 
-    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        h, w = rgb.shape[:2]
+    def input_size(self, w: int, h: int, upscale: bool = True) -> tuple[tuple[int, int], float]:
+        """(input width, height) for a w×h image and the scale that fits it in; without
+        `upscale`, a free-size model takes an image smaller than its input as it is."""
         scale = min(self.size[0] / w, self.size[1] / h)
+        if not self.free_size:
+            return self.size, scale
+        scale = scale if upscale else min(scale, 1.0)
+        cw, ch = (max(32, -(-round(v * scale) // 32) * 32) for v in (w, h))
+        return (cw, ch), scale
+
+    def detect(self, rgb: np.ndarray, upscale: bool = True) -> list[FaceBox]:
+        """Faces in an RGB image. Small images are enlarged to the model's size unless
+        `upscale` is off (film frames: their faces are big enough, and the pass costs less)."""
+        h, w = rgb.shape[:2]
+        size, scale = self.input_size(w, h, upscale)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        canvas = np.zeros((self.size[1], self.size[0], 3), np.uint8)  # padded bottom-right, as in training
+        canvas = np.zeros((size[1], size[0], 3), np.uint8)  # padded bottom-right, as in training
         canvas[:nh, :nw] = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR if scale < 1 else cv2.INTER_CUBIC)
         blob = ((canvas.astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None]
         with self._lock:
@@ -111,7 +154,7 @@ class ScrfdDetector:
             keep = np.flatnonzero(s >= self.score)
             if not len(keep):
                 continue
-            centres = self._anchor_centres(stride)[keep]
+            centres = self._anchor_centres(stride, size)[keep]
             d = outs[i + 3][keep] * stride
             k = outs[i + 6][keep] * stride
             boxes.append(np.concatenate([centres - d[:, :2], centres + d[:, 2:]], axis=1))
@@ -134,8 +177,8 @@ class YunetDetector:
             raise ModelNotFoundError("YuNet face detector", str(path), "CASTFINDER_FACE_DETECTOR", str(exc)) from exc
         self._lock = threading.Lock()
 
-    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        h, w = rgb.shape[:2]
+    def detect(self, rgb: np.ndarray, upscale: bool = True) -> list[FaceBox]:
+        h, w = rgb.shape[:2]  # YuNet always runs at the image's own size
         with self._lock:
             self._net.setInputSize((w, h))
             _, faces = self._net.detect(np.ascontiguousarray(rgb[:, :, ::-1]))
@@ -224,14 +267,15 @@ class OnnxFaceEncoder:
         self.model_name = model_name
         self.dim = embedder.dim
 
-    def _faces(self, rgb: np.ndarray) -> list[FaceBox]:
-        return [f for f in self.detector.detect(rgb) if f.landmarks is not None and f.short_side >= self.min_face_px]
+    def _faces(self, rgb: np.ndarray, upscale: bool = True) -> list[FaceBox]:
+        return [f for f in self.detector.detect(rgb, upscale)
+                if f.landmarks is not None and f.short_side >= self.min_face_px]
 
     def _assign_in_frame(self, rgb: np.ndarray, boxes: np.ndarray) -> dict[int, FaceBox]:
         """Faces of a frame's people. Detectors score faces that fill much of their input low (a
         close-up's face is half the frame): where a large person is left without a face, the
         frame is searched once more inside a black border, which makes every face smaller."""
-        faces = self._faces(rgb)
+        faces = self._faces(rgb, upscale=False)
         taken = assign_faces(faces, boxes)
         h, w = rgb.shape[:2]
         large = [i for i, b in enumerate(boxes) if i not in taken and b[3] - b[1] >= _CLOSE_UP * h]
@@ -239,7 +283,7 @@ class OnnxFaceEncoder:
             return taken
         pad = int(max(h, w) * 0.25)
         padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-        more = [FaceBox(tuple(v - pad for v in f.box), f.score, f.landmarks - pad) for f in self._faces(padded)]
+        more = [FaceBox(tuple(v - pad for v in f.box), f.score, f.landmarks - pad) for f in self._faces(padded, upscale=False)]
         both = faces + more
         keep = nms(np.array([f.box for f in both]), np.array([f.score for f in both]), 0.4) if both else []
         return assign_faces([both[i] for i in keep], boxes)

@@ -7,10 +7,13 @@ import logging
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -20,9 +23,10 @@ from .detector import PersonDetector
 from .errors import BadInputError
 from .naming import clean_name, slugify
 from .settings import Settings
-from .sources import SampledFrame, open_source, scene_threshold, shot_targets
-from .store import CropRow, IndexWriter, movie_info, read_manifest, tidy_index_dir
+from .sources import MovieSource, SampledFrame, in_background, open_source, scene_threshold
+from .store import FORMAT_VERSION, Checkpoint, CropRow, IndexWriter, movie_info, read_manifest, tidy_index_dir
 from .tracks import ShotTracker
+from .naming import format_ts
 from .types import IndexReport, Progress, ProgressCallback, Shot
 from .versions import library_versions
 
@@ -43,6 +47,29 @@ class _ShotState:
     thumb: np.ndarray | None = None
     thumb_score: float = -1.0
     thumb_time: float = 0.0
+    last_look: np.ndarray | None = None  # the last processed frame, tiny, for skipping still frames
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_SHOT_COUNTS, 0))
+
+
+# What each shot adds to an index's counts (the manifest's, and the report's).
+_SHOT_COUNTS = ("frames_sampled", "frames_still", "persons_detected", "crops_kept", "duplicates_dropped")
+_COUNTS = (*_SHOT_COUNTS, "shots_without_people", "shots_done")
+
+
+# Still frames are compared at this size: big enough for a turned head, small enough to cost
+# nothing beside detection.
+_LOOK_SIZE = (64, 36)
+
+
+def look(image: np.ndarray) -> np.ndarray:
+    """A frame reduced to a tiny grey picture for cheap comparison."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, _LOOK_SIZE, interpolation=cv2.INTER_AREA).astype(np.int16)
+
+
+def still(a: np.ndarray, b: np.ndarray | None, threshold: float) -> bool:
+    """Whether two looks differ by less than `threshold` grey levels on average."""
+    return b is not None and float(np.mean(np.abs(a - b))) < threshold
 
 
 class _Timer:
@@ -56,6 +83,36 @@ class _Timer:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+class _Pace:
+    """Film time per second of work since this run started, and the time left at that pace."""
+
+    def __init__(self, start_s: float, total_s: float) -> None:
+        self.start_s, self.total_s = start_s, total_s
+        self.t0 = time.perf_counter()
+
+    def message(self, film_s: float, kept: int) -> str:
+        elapsed = time.perf_counter() - self.t0
+        done = film_s - self.start_s
+        parts = [f"{kept} people kept"]
+        if elapsed > 1 and done > 0:
+            speed = done / elapsed
+            parts += [f"{speed:.2f}× real time", f"ETA {format_ts((self.total_s - film_s) / speed)}"]
+        if self.start_s:
+            parts.append(f"resumed at {format_ts(self.start_s)}")
+        return ", ".join(parts)
+
+
+def run_key(source: Path, build: dict) -> str:
+    """A key of the source file (path, size, modification time) and the build settings: a
+    checkpoint is resumed only under the same key."""
+    source = Path(source).expanduser().resolve()
+    files = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.is_file())
+    stamp = [(str(p.relative_to(source.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    blob = json.dumps({"format": FORMAT_VERSION, "source": str(source), "files": stamp, "build": build},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def dedup_mask(vectors: np.ndarray, kept: list[np.ndarray], threshold: float) -> np.ndarray:
@@ -100,13 +157,27 @@ class Indexer:
                 source_path, frames_fps=s.frames_fps, scene_threshold=s.scene_threshold,
                 min_shot_frames=s.min_shot_frames, shot_detector=s.shot_detector, min_shot_s=s.min_shot_s,
             )
-        with timer("shots"):
-            shots = source.shots(progress)
-        planned = sum(len(shot_targets(shot, s.sample_fps)) for shot in shots)
-        writer = IndexWriter(s.index_dir, slug)
+        build = self._build_settings()
+        writer = IndexWriter(s.index_dir, slug, {c.name: c.dim for c in self.channels},
+                             key=run_key(Path(source_path), build))
         try:
-            counts = self._process(source.sample(shots, s.sample_fps, lambda _: None), shots, planned,
-                                   writer, timer, progress)
+            resumed = writer.resumed
+            if resumed is not None:
+                shots = [Shot(**shot) for shot in resumed.shots]
+                source.duration_s = shots[-1].end_s
+                for stage, seconds in resumed.seconds.items():
+                    timer.seconds[stage] = seconds
+                self._track_ids = itertools.count(resumed.next_track)
+                log.info("resuming the index of %r at %s of %s", name, format_ts(resumed.film_s),
+                         format_ts(source.duration_s))
+                checkpoint = replace(resumed, resumed=resumed.resumed + 1)
+            else:
+                with timer("shots"):
+                    shots = source.shots(progress)
+                checkpoint = Checkpoint(writer.key or "", [asdict(shot) for shot in shots],
+                                        warnings=list(source.warnings))
+            counts = self._process(source, shots, writer, checkpoint, timer, progress)
+            warnings = list(dict.fromkeys([*checkpoint.warnings, *source.warnings]))
             manifest = {
                 "name": name,
                 "source": {"kind": source.kind, "path": str(Path(source_path).resolve()),
@@ -114,17 +185,11 @@ class Indexer:
                 "duration_s": float(source.duration_s),
                 "embedder": (self.primary or self.channels[0]).name,
                 "channels": {c.name: {"model": c.model_name, "kind": c.kind} for c in self.channels},
-                "detector": {"model": self.detector.name, "classes": self.detector.classes,
-                             "conf": self.detector.conf, "imgsz": self.detector.imgsz},
-                "settings": {"sample_fps": s.sample_fps, "frames_fps": s.frames_fps,
-                             "shot_detector": s.shot_detector,
-                             "scene_threshold": scene_threshold(s.shot_detector, s.scene_threshold),
-                             "min_shot_s": s.min_shot_s, "min_shot_frames": s.min_shot_frames,
-                             "dedup": s.dedup, "dedup_threshold": s.dedup_threshold,
-                             "faiss_index": s.faiss_index, "track_iou": s.track_iou,
-                             "min_person_px": s.min_person_px, "min_face_px": s.min_face_px},
+                "detector": {**build["detector"], "runtime": self.detector.runtime},
+                "settings": build["settings"],
                 "counts": {"shots": len(shots), **counts},
-                "warnings": source.warnings,
+                "warnings": warnings,
+                "resumed": checkpoint.resumed,
                 "versions": library_versions(),
             }
             with timer("write"):
@@ -134,10 +199,10 @@ class Indexer:
                 for channel, calib in writer.calibrate(calibration.fit).items():
                     kind = manifest["channels"][channel]["kind"]
                     manifest["channels"][channel]["calibration"] = calibration.with_link(calib, kind).to_json()
-                final = writer.commit(manifest, s.faiss_index, {c.name: c.dim for c in self.channels})
+                final = writer.commit(manifest, s.faiss_index)
                 progress(Progress("write", 1, 1, "index"))
         except BaseException:
-            # Ctrl-C included: the half-built folder goes, the previous index stays.
+            # Ctrl-C included: the previous index stays; a build with a checkpoint waits to be resumed.
             writer.abort()
             raise
         manifest = read_manifest(final)
@@ -146,67 +211,137 @@ class Indexer:
             movie=movie_info(final, manifest),
             shots=len(shots),
             frames_sampled=counts["frames_sampled"],
+            frames_still=counts["frames_still"],
             persons_detected=counts["persons_detected"],
             crops_kept=counts["crops_kept"],
             duplicates_dropped=counts["duplicates_dropped"],
             shots_without_people=counts["shots_without_people"],
             seconds=dict(timer.seconds),
-            warnings=list(source.warnings),
+            warnings=warnings,
+            resumed_at_s=resumed.film_s if resumed is not None else None,
         )
 
-    def _process(self, frames: Iterator[SampledFrame], shots: list[Shot], planned: int,
-                 writer: IndexWriter, timer: _Timer, progress: ProgressCallback) -> dict[str, int]:
+    def _build_settings(self) -> dict:
+        """Everything that shapes what an index holds: recorded in the manifest, and part of
+        the key that lets an interrupted build be resumed (never under other settings)."""
+        s = self.settings
+        return {
+            "channels": {c.name: c.model_name for c in self.channels},
+            "detector": {"model": self.detector.name, "classes": self.detector.classes,
+                         "conf": self.detector.conf, "imgsz": self.detector.imgsz},
+            "settings": {"sample_fps": s.sample_fps, "frames_fps": s.frames_fps,
+                         "shot_detector": s.shot_detector,
+                         "scene_threshold": scene_threshold(s.shot_detector, s.scene_threshold),
+                         "min_shot_s": s.min_shot_s, "min_shot_frames": s.min_shot_frames,
+                         "dedup": s.dedup, "dedup_threshold": s.dedup_threshold, "still_diff": s.still_diff,
+                         "faiss_index": s.faiss_index, "track_iou": s.track_iou,
+                         "min_person_px": s.min_person_px, "min_face_px": s.min_face_px},
+        }
+
+    def _process(self, source: MovieSource, shots: list[Shot], writer: IndexWriter, checkpoint: Checkpoint,
+                 timer: _Timer, progress: ProgressCallback) -> dict[str, int]:
+        """Sample, detect, embed and write every shot after the checkpoint's; checkpoints the
+        build at the first shot boundary after every `checkpoint_s` of film."""
         s = self.settings
         by_id = {shot.id: shot for shot in shots}
+        todo = [shot for shot in shots if shot.id > checkpoint.done_shot]
         states: dict[int, _ShotState] = {}
-        counts = {"frames_sampled": 0, "persons_detected": 0, "crops_kept": 0, "duplicates_dropped": 0,
-                  "shots_without_people": 0}
-        finished: set[int] = set()
+        counts = {key: checkpoint.counts.get(key, 0) for key in _COUNTS}
+        total_s = shots[-1].end_s if shots else 0.0
+        pace = _Pace(checkpoint.film_s, total_s)
+        last_checkpoint_s = checkpoint.film_s
 
         def finish_shot(state: _ShotState) -> None:
             writer.add_shot(state.shot, state.thumb, state.thumb_time, state.persons, s.thumbnail_px)
-            if state.persons == 0:
-                counts["shots_without_people"] += 1
-            finished.add(state.shot.id)
+            for key, value in state.counts.items():
+                counts[key] += value
+            counts["shots_without_people"] += state.persons == 0
+            counts["shots_done"] += 1
+            checkpoint.done_shot = state.shot.id
+            checkpoint.film_s = state.shot.end_s
+
+        def finish_all() -> None:
+            for state in sorted(states.values(), key=lambda st: st.shot.id):
+                finish_shot(state)
+            states.clear()
+
+        def report() -> None:
+            film_s = max([checkpoint.film_s, *(st.shot.start_s for st in states.values())])
+            kept = counts["crops_kept"] + sum(st.counts["crops_kept"] for st in states.values())
+            progress(Progress("index", round(film_s, 1), round(total_s, 1), "s", pace.message(film_s, kept)))
 
         batch: list[SampledFrame] = []
-        frame_iter = iter(frames)
+
+        def detect() -> None:
+            self._process_batch(batch, states, writer, timer)
+            # Frames arrive in shot order: shots before the batch's last one are complete.
+            for sid in sorted(sid for sid in states if sid < batch[-1].shot_id):
+                finish_shot(states.pop(sid))
+            batch.clear()
+
+        # Decoding runs a few frames ahead of detection, in its own thread.
+        frames = (in_background(source.sample(todo, s.sample_fps, lambda _: None), maxsize=2 * s.det_batch)
+                  if todo else iter(()))
+        report()
         while True:
             with timer("decode"):
-                frame = next(frame_iter, None)
-            if frame is not None:
+                frame = next(frames, None)
+            boundary = frame is not None and states and frame.shot_id > max(states)
+            if frame is None or (boundary and states[max(states)].shot.end_s - last_checkpoint_s >= s.checkpoint_s):
+                if batch:
+                    detect()
+                finish_all()
+                if frame is None:
+                    break
+                checkpoint.counts = dict(counts)
+                checkpoint.seconds = dict(timer.seconds)
+                checkpoint.next_track = next(self._track_ids)
+                writer.checkpoint(checkpoint)
+                last_checkpoint_s = checkpoint.film_s
+            state = self._state(frame.shot_id, by_id, states)
+            if self._is_still(frame, state):
+                state.counts["frames_still"] += 1
+            else:
                 batch.append(frame)
-            if batch and (frame is None or len(batch) >= s.det_batch):
-                self._process_batch(batch, by_id, states, writer, timer, counts, finish_shot)
-                counts["frames_sampled"] += len(batch)
-                progress(Progress("index", counts["frames_sampled"], planned, "frame",
-                                  f"{counts['crops_kept']} people kept"))
-                batch = []
-            if frame is None:
-                break
-        for state in sorted(states.values(), key=lambda st: st.shot.id):
-            finish_shot(state)
-        missing = len(shots) - len(finished)
+            if len(batch) >= s.det_batch:
+                detect()
+                report()
+        report()
+        missing = len(shots) - counts["shots_done"]
         if missing:
             log.warning("%d shot(s) had no decodable frame and are left out", missing)
-        return counts
+        return {key: value for key, value in counts.items() if key != "shots_done"}
 
-    def _process_batch(self, batch, by_id, states, writer, timer, counts, finish_shot) -> None:
-        s = self.settings
+    def _state(self, shot_id: int, by_id: dict[int, Shot], states: dict[int, _ShotState]) -> _ShotState:
+        if shot_id not in states:
+            states[shot_id] = _ShotState(by_id[shot_id], ShotTracker(self._track_ids, iou_min=self.settings.track_iou))
+        return states[shot_id]
+
+    def _is_still(self, frame: SampledFrame, state: _ShotState) -> bool:
+        """Whether `frame` barely differs from the last frame processed in its shot: then it is
+        skipped before detection, which would find the same people in the same places."""
+        if self.settings.still_diff <= 0:
+            return False
+        tiny = look(frame.image)
+        if still(tiny, state.last_look, self.settings.still_diff):
+            return True
+        state.last_look = tiny
+        return False
+
+    def _process_batch(self, batch: list[SampledFrame], states: dict[int, _ShotState], writer: IndexWriter,
+                       timer: _Timer) -> None:
         with timer("detect"):
             detections = self.detector.detect([f.image for f in batch])
         crops: list[Image.Image] = []
         rows: list[CropRow] = []
         for frame, dets in zip(batch, detections):
-            if frame.shot_id not in states:
-                tracker = ShotTracker(self._track_ids, iou_min=s.track_iou)
-                states[frame.shot_id] = _ShotState(by_id[frame.shot_id], tracker)
             state = states[frame.shot_id]
+            state.counts["frames_sampled"] += 1
             best = max((d.score for d in dets), default=0.0)
             if state.thumb is None or best > state.thumb_score:
                 state.thumb, state.thumb_score, state.thumb_time = frame.image, best, frame.time_s
             state.persons += len(dets)
-            counts["persons_detected"] += len(dets)
+            state.counts["persons_detected"] += len(dets)
             image = Image.fromarray(frame.image)
             for det in dets:
                 x1, y1, x2, y2 = det.bbox
@@ -214,11 +349,8 @@ class Indexer:
                 rows.append(CropRow(frame.shot_id, frame.frame_index, frame.time_s, det.bbox, det.score))
         if crops:
             keep = self._embed_and_store(batch, detections, crops, rows, states, writer, timer)
-            counts["duplicates_dropped"] += int((~keep).sum())
-            counts["crops_kept"] += int(keep.sum())
-        # Frames arrive in shot order: shots before the batch's last one are complete.
-        for sid in [sid for sid in states if sid < batch[-1].shot_id]:
-            finish_shot(states.pop(sid))
+            for row, kept in zip(rows, keep):
+                states[row.shot_id].counts["crops_kept" if kept else "duplicates_dropped"] += 1
 
     def _embed_and_store(self, batch, detections, crops, rows, states, writer, timer) -> np.ndarray:
         """Track, de-duplicate and embed one batch's crops; returns which crops were kept."""

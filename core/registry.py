@@ -13,6 +13,7 @@ import http.client
 import json
 import logging
 import os
+import stat
 import sys
 import tempfile
 import threading
@@ -244,6 +245,16 @@ def _search_dirs(settings: SettingsOrDir) -> list[Path]:
     return list(dict.fromkeys([models_dir(settings), user_cache_models_dir()]))
 
 
+def writable(folder: Path) -> bool:
+    """Whether files may be added to `folder`: permission to, and not a folder whose owner marked
+    it read-only (root may write anywhere, but a shared r-x folder is meant to stay as it is)."""
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return False
+    return folder.is_dir() and os.access(folder, os.W_OK) and bool(mode & stat.S_IWUSR)
+
+
 def _write_dir(settings: SettingsOrDir) -> Path:
     """Where downloads and conversions go: the models dir, unless it cannot be written to (a
     read-only shared folder), then the user cache."""
@@ -252,7 +263,7 @@ def _write_dir(settings: SettingsOrDir) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError:
             continue
-        if os.access(folder, os.W_OK):
+        if writable(folder):
             return folder
     return user_cache_models_dir()
 

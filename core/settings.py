@@ -17,6 +17,7 @@ CHANNELS = (*BODY_CHANNELS, "face")
 Aggregation = Literal["max", "frequency", "rrf"]
 FaissKind = Literal["flat", "ivf", "hnsw"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+DetRuntime = Literal["auto", "openvino", "torch"]
 ShotDetectorName = Literal["editor", "content", "adaptive"]
 
 
@@ -54,7 +55,12 @@ class Settings(BaseSettings):
     # into several classes (e.g. "0,1").
     person_classes: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [0])
     det_conf: float = Field(0.35, ge=0.0, le=1.0)
+    # The largest inference size; each frame is letterboxed to its own long side (a multiple of
+    # 32) when that is smaller.
     det_imgsz: int = Field(640, ge=32)
+    # auto: OpenVINO on the CPU (a .pt detector is exported once, cached beside its weights),
+    # PyTorch on CUDA; openvino or torch to force one.
+    det_runtime: DetRuntime = "auto"
     det_batch: int = Field(8, ge=1)
     # Boxes smaller than this many pixels on their short side are too small to identify anyone.
     min_person_px: int = Field(16, ge=1)
@@ -91,8 +97,9 @@ class Settings(BaseSettings):
     # Torch intra-op threads; 0 keeps torch's default (all cores).
     torch_threads: int = Field(0, ge=0)
 
-    # Sampling inside shots (video) and the frame rate that frames-folder names imply.
-    sample_fps: float = Field(5.0, gt=0)
+    # Sampling inside shots (video): a shot's first, middle and last moments and evenly between,
+    # at least this many frames a second; and the frame rate that frames-folder names imply.
+    sample_fps: float = Field(2.0, gt=0)
     frames_fps: float = Field(5.0, gt=0)
     # Shots: editor (hard cuts that stand out from their neighbours; a white flash starts a new
     # shot where it begins), content or adaptive (PySceneDetect's detectors). Measured in
@@ -105,6 +112,12 @@ class Settings(BaseSettings):
     min_shot_s: float = Field(0.2, ge=0)
     min_shot_frames: int = Field(0, ge=0)
 
+    # A sampled frame whose tiny grey copy differs from the shot's last processed frame by less
+    # than this many grey levels (0-255, on average) is skipped before detection. 0: never.
+    still_diff: float = Field(2.0, ge=0)
+    # An index build is checkpointed at the first shot boundary after every this many seconds
+    # of film; an interrupted `castfinder index` resumes from the last checkpoint.
+    checkpoint_s: float = Field(120.0, gt=0)
     # Near-duplicate crops inside one shot are dropped when their cosine similarity to a kept
     # crop of the same shot exceeds the threshold.
     dedup: bool = True

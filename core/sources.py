@@ -16,7 +16,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import cv2
 import numpy as np
@@ -26,6 +26,7 @@ from .errors import BadInputError
 from .types import Progress, ProgressCallback, Shot
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts"}
 FRAME_NAME = re.compile(
@@ -96,13 +97,24 @@ def open_source(
                        detector=shot_detector, min_shot_s=min_shot_s)
 
 
+# Sampled frames keep this far from a shot's ends: a transition's first or last frames (a flash,
+# a blend) rarely show anyone.
+_EDGE_S = 0.08
+
+
 def shot_targets(shot: Shot, fps: float) -> list[float]:
-    """Sampling times inside a shot: mid-interval points, at least one per shot."""
-    step = 1.0 / fps
-    n = max(1, math.floor(shot.duration_s * fps + 0.5))
-    targets = [shot.start_s + (i + 0.5) * step for i in range(n)]
-    targets = [t for t in targets if t < shot.end_s]
-    return targets or [shot.start_s + shot.duration_s / 2]
+    """Sampling times inside a shot: its first, middle and last moments (a little inside the
+    cuts), and evenly between them no further apart than 1/fps. Short shots still get all three
+    (the sampler takes the first frame at or after each time, so a shot of a few frames gives
+    each of them once); people walk in and out, and a shot's ends are where they do."""
+    margin = min(_EDGE_S, shot.duration_s / 4)
+    first, last = shot.start_s + margin, shot.end_s - margin
+    if last <= first:
+        return [shot.start_s + shot.duration_s / 2]
+    n = max(3, math.ceil((last - first) * fps) + 1)
+    n += 1 - n % 2  # odd: the middle is one of them
+    step = (last - first) / (n - 1)
+    return [first + i * step for i in range(n)]
 
 
 def shrink(bgr: np.ndarray, width: int) -> np.ndarray:
@@ -444,7 +456,8 @@ class VideoSource(MovieSource):
                 # Presentation time of this frame: correct for variable frame rate, unlike index/fps.
                 time_s = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
                 due = bool(targets) and time_s + 1e-6 >= targets[0]
-                last_chance = index == shot.end_frame and picked_in_shot == 0
+                # The shot's last frame stands in for the times after it (its last moment).
+                last_chance = index == shot.end_frame and (picked_in_shot == 0 or bool(targets))
                 if not (due or last_chance):
                     continue
                 while targets and time_s + 1e-6 >= targets[0]:
@@ -460,49 +473,64 @@ class VideoSource(MovieSource):
             cap.release()
 
 
-def _decoded(path: Path, width: int) -> Iterator[tuple[float, np.ndarray | None]]:
-    """(presentation time, frame shrunk to `width`) for every frame of the video, in decode order;
-    None for a frame that cannot be decoded. Decoding runs in a thread beside the caller's work
-    (OpenCV releases the GIL), as PySceneDetect's SceneManager does."""
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise BadInputError(f"{path.name}: the video could not be reopened.")
-    frames: queue.Queue = queue.Queue(maxsize=64)
+def in_background(items: Iterator[T], maxsize: int) -> Iterator[T]:
+    """`items`, produced in a thread beside the caller's work (decoding: OpenCV releases the GIL),
+    at most `maxsize` ahead. An error in the thread is raised here; closing this generator stops
+    the thread."""
+    done = object()
+    buffer: queue.Queue = queue.Queue(maxsize=maxsize)
     stop = threading.Event()
     failure: list[BaseException] = []
 
     def put(item: object) -> bool:
         while not stop.is_set():
             try:
-                frames.put(item, timeout=0.1)
+                buffer.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def decode() -> None:
+    def produce() -> None:
         try:
-            while not stop.is_set() and cap.grab():
-                # Presentation time, as sample() reads it: right for variable frame rate.
-                time_s = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-                ok, bgr = cap.retrieve()
-                if not put((time_s, shrink(bgr, width) if ok and bgr is not None else None)):
+            for item in items:
+                if not put(item):
                     return
         except BaseException as exc:  # handed to the reader below
             failure.append(exc)
         finally:
-            put(None)
+            put(done)
 
-    thread = threading.Thread(target=decode, name="castfinder-decode", daemon=True)
+    thread = threading.Thread(target=produce, name="castfinder-decode", daemon=True)
     thread.start()
     try:
-        while (item := frames.get()) is not None:
+        while (item := buffer.get()) is not done:
             yield item
         if failure:
             raise failure[0]
     finally:
         stop.set()
         thread.join()
+
+
+def _decoded(path: Path, width: int) -> Iterator[tuple[float, np.ndarray | None]]:
+    """(presentation time, frame shrunk to `width`) for every frame of the video, in decode order;
+    None for a frame that cannot be decoded. Decoding runs in a thread beside the caller's work,
+    as PySceneDetect's SceneManager does."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise BadInputError(f"{path.name}: the video could not be reopened.")
+
+    def frames() -> Iterator[tuple[float, np.ndarray | None]]:
+        while cap.grab():
+            # Presentation time, as sample() reads it: right for variable frame rate.
+            time_s = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            ok, bgr = cap.retrieve()
+            yield time_s, (shrink(bgr, width) if ok and bgr is not None else None)
+
+    try:
+        yield from in_background(frames(), maxsize=64)
+    finally:
         cap.release()
 
 
@@ -577,7 +605,7 @@ class FramesFolderSource(MovieSource):
             for index in range(shot.start_frame, shot.end_frame + 1):
                 time_s = index / self.fps
                 due = bool(targets) and time_s + 0.5 / self.fps + 1e-6 >= targets[0]
-                if not (due or (index == shot.end_frame and picked == 0)):
+                if not (due or (index == shot.end_frame and (picked == 0 or bool(targets)))):
                     continue
                 while targets and time_s + 0.5 / self.fps + 1e-6 >= targets[0]:
                     targets.pop(0)

@@ -7,7 +7,12 @@
 - `thumbs/shot_<id>.jpg`: one thumbnail per shot.
 
 Indexes are built in a hidden sibling folder and swapped in with renames at the end, so an
-interrupted run leaves the previous index untouched and never a half index that loads.
+interrupted run leaves the previous index untouched and never a half index that loads. Vectors
+stream to raw files there (`vectors/<channel>.f32` and `.ids`), so memory does not grow with
+the film. Every few minutes of film the build folder is checkpointed (`checkpoint.json`, written
+after the database commit and the vector files' fsync): a run interrupted by Ctrl-C, kill -9 or
+a power cut resumes from the last checkpoint when the same source is indexed with the same
+settings (the folder's name and the checkpoint carry a key of both), and starts afresh otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 import shutil
 import sqlite3
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from .calibration import Calibration
-from .errors import IndexCorruptError
+from .errors import BadInputError, IndexCorruptError
 from .types import MovieInfo, Shot
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,8 @@ FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 META = "meta.sqlite"
 BUILDING_PREFIX = ".building-"
+CHECKPOINT = "checkpoint.json"
+VECTORS = "vectors"
 OLD_PREFIX = ".old-"
 HNSW_M = 32
 IVF_MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points per list
@@ -107,23 +114,139 @@ def build_faiss(vectors: np.ndarray, ids: np.ndarray, kind: str) -> tuple[faiss.
     return index, kind
 
 
-class IndexWriter:
-    """Streams shots, crops and vectors into a hidden folder; `commit` swaps it into place."""
+@dataclass
+class Checkpoint:
+    """What a build folder holds at its last checkpoint: enough to go on from there."""
 
-    def __init__(self, index_dir: Path, slug: str) -> None:
+    key: str  # the source and the settings it was built from (see indexer.run_key)
+    shots: list[dict]  # the movie's shots, so that a resumed run skips shot detection
+    done_shot: int = 0  # every shot up to this id is written; none after it
+    film_s: float = 0.0  # film time done
+    crops: int = 0  # crop rows written
+    vectors: dict[str, int] = field(default_factory=dict)  # rows in each channel's vector file
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    next_track: int = 1
+    warnings: list[str] = field(default_factory=list)
+    resumed: int = 0  # how many times this build was resumed
+
+    @classmethod
+    def read(cls, folder: Path) -> "Checkpoint | None":
+        try:
+            data = json.loads((folder / CHECKPOINT).read_text(encoding="utf-8"))
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+
+class _VectorFile:
+    """One channel's vectors and crop ids, appended to raw files and read back at the end."""
+
+    def __init__(self, folder: Path, channel: str, dim: int) -> None:
+        self.dim = dim
+        self.vec_path = folder / f"{channel}.f32"
+        self.ids_path = folder / f"{channel}.ids"
+        self.rows = self.ids_path.stat().st_size // 8 if self.ids_path.exists() else 0
+        self._vec = open(self.vec_path, "ab")
+        self._ids = open(self.ids_path, "ab")
+
+    def append(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        self._vec.write(vectors.tobytes())
+        self._ids.write(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+        self.rows += len(ids)
+
+    def sync(self) -> None:
+        for fh in (self._vec, self._ids):
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def truncate(self, rows: int) -> None:
+        """Drop what was written after a checkpoint of `rows` rows."""
+        self.sync()
+        for fh, width in ((self._vec, 4 * self.dim), (self._ids, 8)):
+            fh.truncate(rows * width)
+        self.rows = rows
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        self.sync()
+        vecs = np.fromfile(self.vec_path, dtype=np.float32).reshape(-1, self.dim)
+        ids = np.fromfile(self.ids_path, dtype=np.int64)
+        return vecs[: len(ids)], ids[: len(vecs)]
+
+    def close(self) -> None:
+        self._vec.close()
+        self._ids.close()
+
+
+class IndexWriter:
+    """Streams shots, crops and vectors into a hidden folder; `commit` swaps it into place.
+
+    With a `key`, the folder is named by it and resumes from its checkpoint when one was left
+    by the same key; `resumed` is that checkpoint then, else None."""
+
+    def __init__(self, index_dir: Path, slug: str, dims: dict[str, int], key: str | None = None) -> None:
         self.index_dir = index_dir
         self.slug = slug
+        self.key = key
         index_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp = index_dir / f"{BUILDING_PREFIX}{slug}-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
+        suffix = key[:16] if key else uuid.uuid4().hex[:8]
+        self.tmp = index_dir / f"{BUILDING_PREFIX}{slug}-{suffix}"
+        self.resumed: Checkpoint | None = None
+        if key:
+            self._claim_or_clear()
+        fresh = not self.tmp.exists()
+        if fresh:
+            self.tmp.mkdir()
+            (self.tmp / "thumbs").mkdir()
+            (self.tmp / VECTORS).mkdir()
         (self.tmp / "pid").write_text(str(os.getpid()))
-        (self.tmp / "thumbs").mkdir()
         self.db = sqlite3.connect(self.tmp / META)
-        self.db.executescript(_SCHEMA)
-        self._vectors: dict[str, list[np.ndarray]] = {}
-        self._ids: dict[str, list[np.ndarray]] = {}
-        self._crop_meta: list[tuple] = []  # frame index, shot id, box per crop
+        if fresh:
+            self.db.executescript(_SCHEMA)
+        self._files = {name: _VectorFile(self.tmp / VECTORS, name, dim) for name, dim in dims.items()}
         self._next_crop = 0
+        if self.resumed is not None:
+            self._rewind(self.resumed)
+
+    def _claim_or_clear(self) -> None:
+        """Resume this key's build when it left a checkpoint; refuse when a live process owns it;
+        remove builds of this slug from other keys (other settings, or a changed file)."""
+        for entry in self.index_dir.glob(f"{BUILDING_PREFIX}{self.slug}-*"):
+            if entry.name.rsplit("-", 1)[0] != f"{BUILDING_PREFIX}{self.slug}":
+                continue
+            pid = _pid_of(entry)
+            if pid is not None and pid != os.getpid() and _pid_alive(pid):
+                if entry == self.tmp:
+                    raise BadInputError(
+                        f"This movie is already being indexed with these settings (process {pid}); "
+                        "wait for it to finish, or stop it first.")
+                continue
+            checkpoint = Checkpoint.read(entry) if entry == self.tmp else None
+            if checkpoint is not None and checkpoint.key == self.key:
+                self.resumed = checkpoint
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _rewind(self, checkpoint: Checkpoint) -> None:
+        """Back to the checkpoint: what a killed run wrote after it goes."""
+        self.db.execute("DELETE FROM faces WHERE crop_id >= ?", (checkpoint.crops,))
+        self.db.execute("DELETE FROM crops WHERE id >= ?", (checkpoint.crops,))
+        self.db.execute("DELETE FROM shots WHERE id > ?", (checkpoint.done_shot,))
+        self.db.commit()
+        for name, file in self._files.items():
+            file.truncate(checkpoint.vectors.get(name, 0))
+        self._next_crop = checkpoint.crops
+
+    def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Make everything written so far durable, then record `checkpoint` (its crop and vector
+        counts are filled in here)."""
+        self.db.commit()
+        for file in self._files.values():
+            file.sync()
+        checkpoint.crops = self._next_crop
+        checkpoint.vectors = {name: file.rows for name, file in self._files.items()}
+        _write_json_durably(self.tmp / CHECKPOINT, asdict(checkpoint))
 
     def add_shot(self, shot: Shot, thumbnail: np.ndarray, thumb_frame_s: float, persons: int, thumb_px: int) -> None:
         name = f"thumbs/shot_{shot.id:05d}.jpg"
@@ -148,39 +271,42 @@ class IndexWriter:
         )
         self.db.executemany("INSERT INTO faces VALUES (?,?,?,?,?)", [(int(ids[row]), *box) for row, box in faces])
         for channel, (vecs, which) in vectors.items():
-            self._vectors.setdefault(channel, []).append(np.asarray(vecs, dtype=np.float32))
-            self._ids.setdefault(channel, []).append(ids[np.asarray(which, dtype=np.int64)])
-        self._crop_meta.extend((r.frame_index, r.shot_id, *r.bbox) for r in rows)
+            self._files[channel].append(vecs, ids[np.asarray(which, dtype=np.int64)])
 
     def calibrate(self, fit) -> dict[str, object]:
         """Per channel, `fit(vectors, frames, boxes, shots)` over everything added so far."""
-        meta = np.asarray(self._crop_meta, dtype=np.float64).reshape(-1, 6)
+        self.db.commit()
+        meta = np.asarray(self.db.execute(
+            "SELECT frame_index, shot_id, x1, y1, x2, y2 FROM crops ORDER BY id").fetchall(),
+            dtype=np.float64).reshape(-1, 6)
         out = {}
-        for channel, parts in self._vectors.items():
-            ids = np.concatenate(self._ids[channel])
+        for channel, file in self._files.items():
+            vecs, ids = file.read()
             if len(ids) < 2:
                 continue
-            out[channel] = fit(np.concatenate(parts), meta[ids, 0].astype(np.int64), meta[ids, 2:6],
-                               meta[ids, 1].astype(np.int64))
+            out[channel] = fit(vecs, meta[ids, 0].astype(np.int64), meta[ids, 2:6], meta[ids, 1].astype(np.int64))
         return out
 
-    def commit(self, manifest: dict, faiss_kind: str, dims: dict[str, int]) -> Path:
+    def commit(self, manifest: dict, faiss_kind: str) -> Path:
         self.db.commit()
         self.db.close()
         channels = {}
-        for channel, dim in dims.items():
-            parts = self._vectors.get(channel, [])
-            vecs = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
-            ids = np.concatenate(self._ids[channel]) if parts else np.zeros((0,), np.int64)
+        for channel, file in self._files.items():
+            vecs, ids = file.read()
+            file.close()
             index, built = build_faiss(vecs, ids, faiss_kind)
-            file = f"{channel}.faiss"
-            (self.tmp / file).write_bytes(faiss.serialize_index(index).tobytes())
-            channels[channel] = {**manifest["channels"].get(channel, {}), "dim": dim, "file": file,
+            del vecs
+            name = f"{channel}.faiss"
+            (self.tmp / name).write_bytes(faiss.serialize_index(index).tobytes())
+            del index
+            channels[channel] = {**manifest["channels"].get(channel, {}), "dim": file.dim, "file": name,
                                  "vectors": int(len(ids)), "faiss": built}
+        shutil.rmtree(self.tmp / VECTORS, ignore_errors=True)
         manifest = {**manifest, "format": FORMAT_VERSION, "complete": True, "channels": channels,
                     "slug": self.slug, "build_id": uuid.uuid4().hex,
                     "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        (self.tmp / "pid").unlink()
+        for leftover in ("pid", CHECKPOINT):
+            (self.tmp / leftover).unlink(missing_ok=True)
         _write_json_durably(self.tmp / MANIFEST, manifest)
         return self._swap_in()
 
@@ -196,11 +322,18 @@ class IndexWriter:
         return final
 
     def abort(self) -> None:
+        """Stop writing. A build with a checkpoint stays (without its pid) for the next run to
+        resume; one without goes."""
         try:
             self.db.close()
         except sqlite3.Error:
             pass
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        for file in self._files.values():
+            file.close()
+        if self.key and (self.tmp / CHECKPOINT).is_file():
+            (self.tmp / "pid").unlink(missing_ok=True)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _write_json_durably(path: Path, data: dict) -> None:
@@ -214,7 +347,7 @@ def _write_json_durably(path: Path, data: dict) -> None:
 
 def tidy_index_dir(index_dir: Path) -> None:
     """Undo what a crash can leave: an old index renamed aside but not replaced is put back;
-    building folders of processes that are gone are removed."""
+    building folders of processes that are gone are removed, unless they can be resumed."""
     if not index_dir.is_dir():
         return
     for entry in index_dir.iterdir():
@@ -226,13 +359,17 @@ def tidy_index_dir(index_dir: Path) -> None:
             else:
                 shutil.rmtree(entry, ignore_errors=True)
         elif entry.name.startswith(BUILDING_PREFIX):
-            pid_file = entry / "pid"
-            try:
-                pid = int(pid_file.read_text())
-            except (OSError, ValueError):
-                pid = None
-            if pid is None or not _pid_alive(pid):
+            pid = _pid_of(entry)
+            # A stopped build with a checkpoint waits to be resumed by `castfinder index`.
+            if (pid is None or not _pid_alive(pid)) and not (entry / CHECKPOINT).is_file():
                 shutil.rmtree(entry, ignore_errors=True)
+
+
+def _pid_of(folder: Path) -> int | None:
+    try:
+        return int((folder / "pid").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _pid_alive(pid: int) -> bool:

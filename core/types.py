@@ -107,8 +107,10 @@ class IndexReport:
     crops_kept: int
     duplicates_dropped: int
     shots_without_people: int
-    seconds: dict[str, float] = field(default_factory=dict)  # per stage wall time
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage wall time, over every run of the build
     warnings: list[str] = field(default_factory=list)
+    frames_still: int = 0  # sampled frames skipped before detection: the same picture as the last one
+    resumed_at_s: float | None = None  # film time an interrupted build was resumed at, if it was
 
 
 Stage = Literal["shots", "sampling", "detect", "embed", "write", "load", "search"]

@@ -9,9 +9,9 @@ import numpy as np
 
 
 def make_video(path: Path, segments: list[tuple[tuple[int, int, int], int]], *, fps: float = 24.0,
-               size: tuple[int, int] = (160, 96)) -> Path:
-    """Write an mp4 whose shots are solid colours (with a moving square so frames differ).
-    `segments` is [(BGR colour, number of frames)]; cuts fall between segments."""
+               size: tuple[int, int] = (160, 96), moving: bool = True) -> Path:
+    """Write an mp4 whose shots are solid colours (with a moving square so frames differ, unless
+    not `moving`). `segments` is [(BGR colour, number of frames)]; cuts fall between segments."""
     w, h = size
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
     assert writer.isOpened(), "OpenCV cannot write mp4v here"
@@ -19,7 +19,7 @@ def make_video(path: Path, segments: list[tuple[tuple[int, int, int], int]], *, 
     for colour, frames in segments:
         for _ in range(frames):
             frame = np.full((h, w, 3), colour, np.uint8)
-            x = (n * 3) % (w - 16)
+            x = (n * 3) % (w - 16) if moving else 10
             cv2.rectangle(frame, (x, 10), (x + 12, 22), (255 - colour[0], 255 - colour[1], 255 - colour[2]), -1)
             writer.write(frame)
             n += 1

@@ -201,3 +201,24 @@ def test_a_face_detector_given_as_the_reid_model_is_refused_by_name(make_setting
     with pytest.raises(ModelNotFoundError, match="not a re-id model") as err:
         make_channel("reid", str(SCRFD), make_settings(), "cpu")
     assert "not a re-id model" in str(err.value) and "CASTFINDER_REID_MODEL" in str(err.value)
+
+
+@needs_face_weights
+def test_scrfd_runs_a_wide_frame_at_its_own_shape_and_finds_the_same_faces() -> None:
+    from core.face_models import ScrfdDetector
+
+    free = ScrfdDetector(SCRFD)
+    square = ScrfdDetector(SCRFD)
+    square.session, square.free_size = free.session, False  # as the export ships: 640×640 only
+    assert free.free_size and free.input_size(1280, 544, upscale=False)[0] == (640, 288)
+    assert square.input_size(1280, 544)[0] == (640, 640)
+    frames = sorted((DATA / "goldeneye" / "frames").glob("*.jpg"))[::6]
+    found_free = found_square = 0
+    for path in frames:
+        rgb = np.asarray(_image(path))
+        a, b = free.detect(rgb, upscale=False), square.detect(rgb)
+        found_free, found_square = found_free + len(a), found_square + len(b)
+        for face in a:  # each face found at 640×288 is one of the square pass's, in the same place
+            size = face.box[2] - face.box[0]
+            assert any(max(abs(u - v) for u, v in zip(face.box, other.box)) < 2 + 0.03 * size for other in b)
+    assert found_square and found_free >= found_square - 1

@@ -75,7 +75,8 @@ def test_indexing_a_video_builds_shots_thumbnails_and_a_manifest(engine: Engine,
     assert manifest["detector"]["model"] == "yolov8n.yaml" and manifest["settings"]["sample_fps"] == 4.0
     assert {p.stage for p in seen} >= {"shots", "index", "write"}
     last = [p for p in seen if p.stage == "index"][-1]
-    assert last.done == last.total == report.frames_sampled  # the bar ends full
+    # Progress is film time done of the whole film, and the bar ends full.
+    assert last.unit == "s" and last.done == last.total == pytest.approx(info.duration_s, abs=0.1)
 
 
 def test_search_returns_ranked_shots_with_their_times(engine: Engine, video: Path, tmp_path: Path) -> None:
@@ -152,7 +153,7 @@ def test_an_interrupted_reindex_leaves_the_old_index_usable(engine: Engine, vide
     first = engine.index(video, "Heat").movie
 
     def interrupt(p: Progress) -> None:
-        if p.stage == "index" and p.done >= 4:
+        if p.stage == "index" and p.done >= 1.0:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -284,3 +285,30 @@ def test_stored_vectors_can_be_read_back_for_propagation(make_settings, video: P
     assert np.allclose(sims[:, 0], 1.0, atol=1e-4)
     assert np.allclose(index.vectors("dinov2", ids[:, 0]), stored, atol=1e-5)
     assert index.vectors("dinov2", np.array([info.vectors + 5])) is None  # no such crop
+
+
+def test_a_shot_is_sampled_at_its_ends_and_middle_and_no_sparser_than_the_rate() -> None:
+    from core.sources import shot_targets
+    from core.types import Shot
+
+    long = Shot(1, 1, None, 0, 95, 10.0, 14.0)
+    t = shot_targets(long, 2.0)
+    assert t[0] == pytest.approx(10.08) and t[-1] == pytest.approx(13.92) and 12.0 in [round(v, 6) for v in t]
+    assert max(np.diff(t)) <= 0.5 and len(t) % 2 == 1
+    short = Shot(2, 2, None, 96, 110, 14.0, 14.6)
+    assert len(shot_targets(short, 2.0)) == 3 and all(14.0 < v < 14.6 for v in shot_targets(short, 2.0))
+    blink = Shot(3, 3, None, 111, 112, 14.6, 14.65)
+    assert all(14.6 < v < 14.65 for v in shot_targets(blink, 2.0))  # the sampler takes its frames once each
+
+
+def test_still_frames_are_skipped_before_detection(make_settings, tmp_path: Path) -> None:
+    # Three shots of one flat colour and a square that stays put: after each shot's first frame
+    # nothing changes. The moving clip's frames all differ.
+    video = make_video(tmp_path / "still.mp4", SEGMENTS, moving=False)
+    every = Engine(make_settings(**RANDOM_YOLO, still_diff=0)).index(video, "Every frame")
+    still = Engine(make_settings(**RANDOM_YOLO)).index(video, "Still")
+    assert every.frames_still == 0 and still.frames_sampled == 3
+    assert still.frames_still == every.frames_sampled - 3
+    assert still.movie.shots == 3 and still.crops_kept > 0
+    moving = Engine(make_settings(**RANDOM_YOLO)).index(make_video(tmp_path / "moving.mp4", SEGMENTS), "Moving")
+    assert moving.frames_still == 0 and moving.frames_sampled == every.frames_sampled

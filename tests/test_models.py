@@ -97,3 +97,83 @@ def test_a_missing_detector_names_the_setting(tmp_path: Path) -> None:
 def test_person_classes_the_detector_does_not_have_are_refused() -> None:
     with pytest.raises(ModelNotFoundError, match="CASTFINDER_PERSON_CLASSES"):
         _detector("yolov8n.yaml", classes=[0, 400])
+
+
+# --- the detector's runtime ---------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_pt(tmp_path: Path, monkeypatch) -> Path:
+    """A random YOLOv8n saved as a .pt file in a writable folder; the user cache is private."""
+    from ultralytics import YOLO
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    path = tmp_path / "weights" / "people.pt"
+    path.parent.mkdir()
+    YOLO("yolov8n.yaml").save(str(path))
+    return path
+
+
+def _exports(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*_openvino_model")) if folder.is_dir() else []
+
+
+def test_a_pt_detector_runs_through_openvino_on_the_cpu_and_finds_the_same_people(tiny_pt: Path) -> None:
+    image = np.random.default_rng(0).integers(0, 255, (240, 426, 3), dtype=np.uint8)
+    torch_det = _detector(str(tiny_pt), runtime="torch", conf=1e-4)
+    ov_det = _detector(str(tiny_pt), conf=1e-4)  # auto on the CPU
+    assert (torch_det.runtime, ov_det.runtime) == ("torch", "openvino")
+    [exported] = _exports(tiny_pt.parent)  # beside the weights, named by their checksum
+    from core.registry import sha256_of
+
+    assert exported == f"people-{sha256_of(tiny_pt)[:16]}_openvino_model"
+    ours, theirs = ov_det.detect([image])[0], torch_det.detect([image])[0]
+    assert ours and len(ours) == len(theirs)
+    np.testing.assert_allclose([d.bbox for d in ours], [d.bbox for d in theirs], atol=1.0)
+    # The export is made once: a second detector loads it as it is.
+    stamp = (tiny_pt.parent / exported).stat().st_mtime_ns
+    assert _detector(str(tiny_pt)).runtime == "openvino"
+    assert (tiny_pt.parent / exported).stat().st_mtime_ns == stamp and len(_exports(tiny_pt.parent)) == 1
+
+
+def test_changed_weights_are_exported_again_and_a_read_only_folder_uses_the_cache(tiny_pt: Path,
+                                                                               tmp_path: Path) -> None:
+    from ultralytics import YOLO
+
+    torch.manual_seed(1)
+    YOLO("yolov8n.yaml").save(str(tiny_pt))  # other weights under the same name
+    tiny_pt.parent.chmod(0o555)
+    try:
+        assert _detector(str(tiny_pt)).runtime == "openvino"
+    finally:
+        tiny_pt.parent.chmod(0o755)
+    assert _exports(tiny_pt.parent) == []  # a read-only models folder is left as it is
+    assert len(_exports(tmp_path / "cache" / "castfinder" / "models" / "exports")) == 1
+
+
+def test_a_failed_export_falls_back_to_pytorch_unless_openvino_was_asked_for(tiny_pt: Path, monkeypatch,
+                                                                            caplog) -> None:
+    import core.detector
+
+    def broken(weights: Path) -> Path:
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr(core.detector, "openvino_export", broken)
+    with caplog.at_level("WARNING"):
+        det = _detector(str(tiny_pt))
+    assert det.runtime == "torch" and "stays on PyTorch" in caplog.text and "converter crashed" in caplog.text
+    assert det.detect([np.zeros((64, 64, 3), np.uint8)]) is not None
+    with pytest.raises(ModelNotFoundError, match="CASTFINDER_DET_RUNTIME"):
+        _detector(str(tiny_pt), runtime="openvino")
+    with pytest.raises(ModelNotFoundError, match="CASTFINDER_DET_RUNTIME"):
+        _detector("yolov8n.yaml", runtime="openvino")  # a config has no weights to export
+
+
+def test_the_inference_size_follows_the_frame_up_to_the_cap() -> None:
+    from core.detector import inference_size
+
+    assert inference_size((240, 426, 3), 640) == 448  # a small frame is not blown up to 640
+    assert inference_size((720, 1280, 3), 640) == 640
+    assert inference_size((720, 1280, 3), 384) == 384
+    assert inference_size((544, 1280, 3), 500) == 480  # the cap itself is a multiple of 32
+    assert inference_size((20, 30, 3), 640) == 32
