@@ -46,7 +46,8 @@ from bench_quality import run as run_cli  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 OLD_COMMIT = "e42d0e2"
 DETECTOR = "person_yolov8s_falldet.pt"
-QUALITY_CLIPS = ("GoldenEye", "Office", "Supernatural")
+QUALITY_CLIPS = ("GoldenEye", "Titanic", "Office", "Supernatural")
+QUERY_AT_S = 52.0  # the dev720 frame used as a one-screenshot query (Supernatural, two people)
 DEV_CLIPS = ("office/office_edit.mp4", "supernatural/supernatural_edit.mp4", "goldeneye/goldeneye_10s_vfr.mp4")
 STAGES = ("detect", "embed_face", "embed_reid", "shots", "decode")  # the table's columns; the rest is "other"
 LONG_S = 1800
@@ -314,9 +315,55 @@ def quality(p: Pipeline, shared: Path, work: Path) -> dict[str, dict]:
         _, index_s = run_cli(p.cli("index", str(source), "--movie", movie, "--json", *quiet), env)
         stdout, _ = run_cli(p.cli("eval", "--movie", movie, "--ground-truth", str(gt), "--queries", str(queries),
                                   "--top", "50", "--json", *quiet), env)
-        summary = json.loads(stdout)["summary"]
-        results[movie] = {"map": summary["map"], "map_annotated": summary.get("map_annotated"), "index_s": index_s}
+        report = json.loads(stdout)
+        summary = report["summary"]
+        aps = [(c["ap"], c.get("annotated", {}).get("ap", c["ap"])) for c in report["characters"].values()
+               if c["ap"] is not None]
+        results[movie] = {"map": summary["map"], "map_annotated": summary.get("map_annotated"), "index_s": index_s,
+                          "aps": aps}
     return results
+
+
+# --- query latency -------------------------------------------------------------------------------
+
+_LATENCY = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+from core import Engine, Settings
+engine = Engine(Settings())
+images = [{image!r}]
+engine.search({movie!r}, images, top=10)  # warm: models loaded, index cached
+times = []
+for _ in range({n}):
+    start = time.perf_counter()
+    engine.search({movie!r}, images, top=10)
+    times.append(time.perf_counter() - start)
+times.sort()
+print(json.dumps({{"p50": times[len(times) // 2], "p95": times[min(len(times) - 1, round(0.95 * len(times)))]}}))
+"""
+
+
+def query_frame(video: Path, out: Path, at_s: float = QUERY_AT_S) -> Path | None:
+    """A full frame of the footage saved as a JPEG: a screenshot as a user would send it."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    cap.set(cv2.CAP_PROP_POS_MSEC, at_s * 1000)
+    ok, bgr = cap.read()
+    cap.release()
+    if not ok:
+        return None
+    cv2.imwrite(str(out), bgr)
+    return out
+
+
+def query_latency(p: Pipeline, env: dict[str, str], image: Path, n: int = 20) -> dict[str, float]:
+    """p50 and p95 seconds of one warm search with one screenshot, in the pipeline's own engine."""
+    code = _LATENCY.format(root=str(p.root), image=str(image), movie=f"bench-{p.label}", n=n)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"query latency [{p.label}] failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -370,6 +417,15 @@ def print_quality(results: dict[str, dict[str, dict]]) -> None:
         cells = [f"{_fmt(cell('old', movie, key))} | {_fmt(cell('new', movie, key))} | {diff(movie, key)}"
                  for key in ("map", "map_annotated")]
         print(f"| {movie} | " + " | ".join(cells) + " |")
+    # MAP over every character of the four clips (each character counts once, whatever its clip).
+    overall = {label: [sum(v) / len(v) for v in zip(*[ap for r in per.values() for ap in r["aps"]])]
+               for label, per in results.items() if any(r["aps"] for r in per.values())}
+    n = max((sum(len(r["aps"]) for r in per.values()) for per in results.values()), default=0)
+    cells = []
+    for view in (0, 1):
+        old, new = (overall.get(label, [None, None])[view] for label in ("old", "new"))
+        cells.append(f"{_fmt(old)} | {_fmt(new)} | " + ("–" if old is None or new is None else f"{new - old:+.3f}"))
+    print(f"| all {n} characters | " + " | ".join(cells) + " |")
 
 
 def main() -> int:
@@ -414,6 +470,7 @@ def main() -> int:
     cache = Path(user_cache_dir("castfinder")) / "models"
     watched = [weights, cache, cache / "exports"]  # where model exports are cached
     runs: list[IndexRun] = []
+    latency: dict[str, dict[str, float]] = {}
     for video, with_old in videos:
         duration = probe(ffmpeg, video).duration_s if ffmpeg else None
         for p in pipelines:
@@ -421,8 +478,16 @@ def main() -> int:
                 continue
             env = pipeline_env(args.shared, args.work / f"indexes-{p.label}", args.work / f"yolo-{p.label}")
             runs.append(measure_index(p, video, env, args.work, duration, watched))
+            if video == videos[0][0] and (image := query_frame(video, args.work / "query.jpg")) is not None:
+                latency[p.label] = query_latency(p, env, image)
     if runs:
         print_speed(runs)
+        if latency:
+            print(f"\n## Query latency: one screenshot (a full frame of {videos[0][0].name} at {QUERY_AT_S:g} s), "
+                  "warm engine, 20 searches\n")
+            print("| pipeline | p50 | p95 |\n|---|---|---|")
+            for label, lat in latency.items():
+                print(f"| {label} | {lat['p50'] * 1000:.0f} ms | {lat['p95'] * 1000:.0f} ms |")
         print("\nCommands (cwd " + str(neutral) + "):\n" + "\n".join(f"- {r.pipeline}, {r.footage}: `{r.command}`"
                                                                   for r in runs))
 
@@ -437,7 +502,7 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "machine": machine(), "pipelines": [asdict(p) | {"root": str(p.root)} for p in pipelines],
-            "runs": [asdict(r) | {"other_s": r.other_s} for r in runs], "quality": results,
+            "runs": [asdict(r) | {"other_s": r.other_s} for r in runs], "quality": results, "query_latency": latency,
         }, indent=2, ensure_ascii=False))
         print(f"\nRaw figures: {args.json}")
     return 0

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "only once the new one is complete.")
     p.add_argument("source", type=Path, help="video file (mp4, mkv, avi, webm, mov) or frames folder")
     p.add_argument("--movie", required=True, help='the movie\'s name, e.g. "Losing Ground"')
-    p.add_argument("--fps", type=float, dest="sample_fps", help="frames sampled per second inside shots (default 2; CASTFINDER_SAMPLE_FPS)")
+    p.add_argument("--fps", type=float, dest="sample_fps", help="frames sampled per second inside shots (default 1; CASTFINDER_SAMPLE_FPS)")
     p.add_argument("--frames-fps", type=float, dest="frames_fps",
                    help="frame rate that a frames folder's frames were taken at (default 5)")
     p.add_argument("--faiss", choices=["flat", "ivf", "hnsw"], dest="faiss_index", help="FAISS index type")

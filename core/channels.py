@@ -108,7 +108,8 @@ def _onnx_face_encoder(detector: str, recogniser: str, spec: str, settings: Sett
         det = ScrfdDetector(det_path, threads=threads)
     emb_path = resolve_model(recogniser, setting="CASTFINDER_FACE_MODEL", settings_or_models_dir=settings)
     embedder = EdgeFaceEmbedder(emb_path, batch=settings.embed_batch, threads=threads)
-    return OnnxFaceEncoder(det, embedder, min_face_px=settings.min_face_px, model_name=spec)
+    return OnnxFaceEncoder(det, embedder, min_face_px=settings.min_face_px, model_name=spec,
+                           frame_px=settings.face_frame_px)
 
 
 def make_channel(name: str, model: str, settings: Settings, device: str) -> Channel:

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -141,8 +142,13 @@ class Engine:
     # -- offline --------------------------------------------------------------------------
     def index(self, source: Path | str, movie: str, progress: ProgressCallback = no_progress):
         """Build (or rebuild) the index of `movie` from a video file or a frames folder."""
-        channels = [self.channel_for(name, self.settings.model_for(name)) for name in self.settings.index_channels()]
-        report = Indexer(self.settings, self.detector, channels).run(Path(source), movie, progress)
+        def load():
+            return self.detector, [self.channel_for(name, self.settings.model_for(name))
+                                   for name in self.settings.index_channels()]
+
+        # The models load in a thread while the first pass over the film finds its shots.
+        with ThreadPoolExecutor(1, thread_name_prefix="castfinder-load") as pool:
+            report = Indexer(self.settings, pool.submit(load)).run(Path(source), movie, progress)
         with self._cache_lock:
             self._cache.pop(report.movie.slug, None)
         return report

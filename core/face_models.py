@@ -98,18 +98,21 @@ class ScrfdDetector:
     # 0.4 rather than InsightFace's 0.5: film faces (graded, lit from the side, turned) score
     # lower than WIDER FACE's, and a face must also sit where a person's head is to be used.
     def __init__(self, path: Path, *, score: float = 0.4, nms_iou: float = 0.4, threads: int = 0) -> None:
-        self.session = _onnx_session(path, "SCRFD face detector", "CASTFINDER_FACE_DETECTOR", threads)
+        # The free-size graph when it loads; else the file as it is (its fixed square).
+        free = _free_input_size(path)
+        self.session = None
+        if free is not None:
+            try:
+                self.session = _onnx_session(path, "SCRFD face detector", "CASTFINDER_FACE_DETECTOR", threads, free)
+            except ModelNotFoundError:
+                pass
+        if self.session is None:
+            self.session = _onnx_session(path, "SCRFD face detector", "CASTFINDER_FACE_DETECTOR", threads)
         inp = self.session.get_inputs()[0]
         self._input = inp.name
         h, w = inp.shape[2:4]
-        self.size = (int(w) if isinstance(w, int) else 640, int(h) if isinstance(h, int) else 640)
         self.free_size = not (isinstance(w, int) and isinstance(h, int))
-        if not self.free_size and (model := _free_input_size(path)) is not None:
-            try:
-                self.session = _onnx_session(path, "SCRFD face detector", "CASTFINDER_FACE_DETECTOR", threads, model)
-                self.free_size = True
-            except ModelNotFoundError:
-                pass
+        self.size = (640, 640) if self.free_size else (int(w), int(h))
         outputs = self.session.get_outputs()
         if len(outputs) != 9:
             raise ModelNotFoundError("SCRFD face detector", str(path), "CASTFINDER_FACE_DETECTOR",
@@ -127,21 +130,26 @@ class ScrfdDetector:
             self._centres[key] = np.repeat(grid, self._ANCHORS, axis=0)
         return self._centres[key]
 
-    def input_size(self, w: int, h: int, upscale: bool = True) -> tuple[tuple[int, int], float]:
+    def input_size(self, w: int, h: int, upscale: bool = True,
+                   max_side: int | None = None) -> tuple[tuple[int, int], float]:
         """(input width, height) for a w×h image and the scale that fits it in; without
-        `upscale`, a free-size model takes an image smaller than its input as it is."""
+        `upscale`, a free-size model takes an image smaller than its input as it is, and
+        `max_side` caps its input's long side."""
         scale = min(self.size[0] / w, self.size[1] / h)
         if not self.free_size:
             return self.size, scale
         scale = scale if upscale else min(scale, 1.0)
+        if max_side:
+            scale = min(scale, max_side / max(w, h))
         cw, ch = (max(32, -(-round(v * scale) // 32) * 32) for v in (w, h))
         return (cw, ch), scale
 
-    def detect(self, rgb: np.ndarray, upscale: bool = True) -> list[FaceBox]:
+    def detect(self, rgb: np.ndarray, upscale: bool = True, max_side: int | None = None) -> list[FaceBox]:
         """Faces in an RGB image. Small images are enlarged to the model's size unless
-        `upscale` is off (film frames: their faces are big enough, and the pass costs less)."""
+        `upscale` is off (film frames: their faces are big enough, and the pass costs less);
+        `max_side` shrinks the input further where only big faces are looked for."""
         h, w = rgb.shape[:2]
-        size, scale = self.input_size(w, h, upscale)
+        size, scale = self.input_size(w, h, upscale, max_side)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         canvas = np.zeros((size[1], size[0], 3), np.uint8)  # padded bottom-right, as in training
         canvas[:nh, :nw] = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR if scale < 1 else cv2.INTER_CUBIC)
@@ -177,7 +185,7 @@ class YunetDetector:
             raise ModelNotFoundError("YuNet face detector", str(path), "CASTFINDER_FACE_DETECTOR", str(exc)) from exc
         self._lock = threading.Lock()
 
-    def detect(self, rgb: np.ndarray, upscale: bool = True) -> list[FaceBox]:
+    def detect(self, rgb: np.ndarray, upscale: bool = True, max_side: int | None = None) -> list[FaceBox]:
         h, w = rgb.shape[:2]  # YuNet always runs at the image's own size
         with self._lock:
             self._net.setInputSize((w, h))
@@ -250,8 +258,10 @@ def assign_faces(faces: Sequence[FaceBox], people: np.ndarray) -> dict[int, Face
     return taken
 
 
-# A person box at least this share of the frame's height is a close-up (see _assign_in_frame).
+# A person box at least this share of the frame's height is a close-up (see _assign_in_frame),
+# searched again for a face at this input size: its face is big (a 720p close-up's is ≥ 150 px).
 _CLOSE_UP = 0.5
+_CLOSE_UP_SIDE = 320
 
 
 class OnnxFaceEncoder:
@@ -260,30 +270,42 @@ class OnnxFaceEncoder:
     name = "face"
 
     def __init__(self, detector: ScrfdDetector | YunetDetector, embedder: EdgeFaceEmbedder, *,
-                 min_face_px: int, model_name: str) -> None:
+                 min_face_px: int, model_name: str, frame_px: int | None = None) -> None:
         self.detector = detector
+        self.frame_px = frame_px  # the largest input side for a film frame's faces
         self.embedder = embedder
         self.min_face_px = min_face_px
         self.model_name = model_name
         self.dim = embedder.dim
 
-    def _faces(self, rgb: np.ndarray, upscale: bool = True) -> list[FaceBox]:
-        return [f for f in self.detector.detect(rgb, upscale)
+    def _faces(self, rgb: np.ndarray, upscale: bool = True, max_side: int | None = None) -> list[FaceBox]:
+        return [f for f in self.detector.detect(rgb, upscale, max_side)
                 if f.landmarks is not None and f.short_side >= self.min_face_px]
 
     def _assign_in_frame(self, rgb: np.ndarray, boxes: np.ndarray) -> dict[int, FaceBox]:
         """Faces of a frame's people. Detectors score faces that fill much of their input low (a
-        close-up's face is half the frame): where a large person is left without a face, the
-        frame is searched once more inside a black border, which makes every face smaller."""
-        faces = self._faces(rgb, upscale=False)
+        close-up's face is half the frame): where a large person is left without a face, that
+        person is searched once more, cut out inside a black border, which makes the face
+        smaller; at a small input, since only a big face is looked for there."""
+        faces = self._faces(rgb, upscale=False, max_side=self.frame_px)
         taken = assign_faces(faces, boxes)
         h, w = rgb.shape[:2]
         large = [i for i, b in enumerate(boxes) if i not in taken and b[3] - b[1] >= _CLOSE_UP * h]
         if not large:
             return taken
-        pad = int(max(h, w) * 0.25)
-        padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-        more = [FaceBox(tuple(v - pad for v in f.box), f.score, f.landmarks - pad) for f in self._faces(padded, upscale=False)]
+        more = []
+        for i in large:
+            x1, y1 = max(0, int(boxes[i][0])), max(0, int(boxes[i][1]))
+            x2, y2 = min(w, int(np.ceil(boxes[i][2]))), min(h, int(np.ceil(boxes[i][3])))
+            if x2 - x1 < 2 or y2 - y1 < 2:
+                continue
+            pad = max(x2 - x1, y2 - y1) // 2
+            padded = cv2.copyMakeBorder(np.ascontiguousarray(rgb[y1:y2, x1:x2]), pad, pad, pad, pad,
+                                        cv2.BORDER_CONSTANT, value=0)
+            dx, dy = x1 - pad, y1 - pad
+            more += [FaceBox((f.box[0] + dx, f.box[1] + dy, f.box[2] + dx, f.box[3] + dy), f.score,
+                             f.landmarks + np.array([dx, dy], np.float32))
+                     for f in self._faces(padded, upscale=False, max_side=_CLOSE_UP_SIDE)]
         both = faces + more
         keep = nms(np.array([f.box for f in both]), np.array([f.score for f in both]), 0.4) if both else []
         return assign_faces([both[i] for i in keep], boxes)

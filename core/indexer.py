@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from concurrent.futures import Future
 import logging
 import re
 import time
@@ -127,17 +128,33 @@ def dedup_mask(vectors: np.ndarray, kept: list[np.ndarray], threshold: float) ->
     return mask
 
 
+Models = tuple[PersonDetector, list[Channel]]
+
+
 class Indexer:
-    def __init__(self, settings: Settings, detector: PersonDetector, channels: list[Channel]) -> None:
+    """Builds one index. `models` is the detector and channels, or a future of them: they load
+    beside the first pass over the film (the shots), which needs none of them."""
+
+    def __init__(self, settings: Settings, models: Models | Future[Models]) -> None:
+        self.settings = settings
+        self._models = models
+        self.detector: PersonDetector | None = None
+        self.channels: list[Channel] = []
+        self.primary: Channel | None = None
+        self._track_ids = itertools.count(1)  # shared by every shot's tracker: ids unique in the movie
+
+    def _failed_loading(self) -> BaseException | None:
+        models = self._models
+        return models.exception() if isinstance(models, Future) and models.done() else None
+
+    def _load(self) -> None:
+        detector, channels = self._models.result() if isinstance(self._models, Future) else self._models
         if not channels:
             raise ValueError("an index needs at least one channel")
-        self.settings = settings
-        self.detector = detector
-        self.channels = channels
+        self.detector, self.channels = detector, channels
         # The first body channel de-duplicates crops and helps link tracks; a face-only index
         # keeps every crop and links tracks by box overlap alone.
         self.primary = next((c for c in channels if c.kind == "body"), None)
-        self._track_ids = itertools.count(1)  # shared by every shot's tracker: ids unique in the movie
 
     def run(self, source_path: Path, movie: str, progress: ProgressCallback) -> IndexReport:
         s = self.settings
@@ -158,8 +175,14 @@ class Indexer:
                 min_shot_frames=s.min_shot_frames, shot_detector=s.shot_detector, min_shot_s=s.min_shot_s,
             )
         build = self._build_settings()
-        writer = IndexWriter(s.index_dir, slug, {c.name: c.dim for c in self.channels},
-                             key=run_key(Path(source_path), build))
+        writer = IndexWriter(s.index_dir, slug, key=run_key(Path(source_path), build))
+
+        def shots_progress(p: Progress) -> None:
+            # A model that cannot load stops the run now, not after the whole first pass.
+            if (exc := self._failed_loading()) is not None:
+                raise exc
+            progress(p)
+
         try:
             resumed = writer.resumed
             if resumed is not None:
@@ -173,9 +196,12 @@ class Indexer:
                 checkpoint = replace(resumed, resumed=resumed.resumed + 1)
             else:
                 with timer("shots"):
-                    shots = source.shots(progress)
+                    shots = source.shots(shots_progress)
                 checkpoint = Checkpoint(writer.key or "", [asdict(shot) for shot in shots],
                                         warnings=list(source.warnings))
+            with timer("load"):  # what model loading took beyond the first pass
+                self._load()
+            writer.start({c.name: c.dim for c in self.channels})
             counts = self._process(source, shots, writer, checkpoint, timer, progress)
             warnings = list(dict.fromkeys([*checkpoint.warnings, *source.warnings]))
             manifest = {
@@ -226,16 +252,17 @@ class Indexer:
         the key that lets an interrupted build be resumed (never under other settings)."""
         s = self.settings
         return {
-            "channels": {c.name: c.model_name for c in self.channels},
-            "detector": {"model": self.detector.name, "classes": self.detector.classes,
-                         "conf": self.detector.conf, "imgsz": self.detector.imgsz},
+            "channels": {name: s.model_for(name) for name in s.index_channels()},
+            "detector": {"model": s.detector, "classes": list(s.person_classes), "conf": s.det_conf,
+                         "imgsz": s.det_imgsz},
             "settings": {"sample_fps": s.sample_fps, "frames_fps": s.frames_fps,
                          "shot_detector": s.shot_detector,
                          "scene_threshold": scene_threshold(s.shot_detector, s.scene_threshold),
                          "min_shot_s": s.min_shot_s, "min_shot_frames": s.min_shot_frames,
                          "dedup": s.dedup, "dedup_threshold": s.dedup_threshold, "still_diff": s.still_diff,
                          "faiss_index": s.faiss_index, "track_iou": s.track_iou,
-                         "min_person_px": s.min_person_px, "min_face_px": s.min_face_px},
+                         "min_person_px": s.min_person_px, "min_face_px": s.min_face_px,
+                         "face_frame_px": s.face_frame_px},
         }
 
     def _process(self, source: MovieSource, shots: list[Shot], writer: IndexWriter, checkpoint: Checkpoint,

@@ -56,8 +56,9 @@ class Settings(BaseSettings):
     person_classes: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [0])
     det_conf: float = Field(0.35, ge=0.0, le=1.0)
     # The largest inference size; each frame is letterboxed to its own long side (a multiple of
-    # 32) when that is smaller.
-    det_imgsz: int = Field(640, ge=32)
+    # 32) when that is smaller. 384 found everyone worth finding on the development clips at
+    # 0.4x the cost of 640 (docs/PERFORMANCE.md).
+    det_imgsz: int = Field(384, ge=32)
     # auto: OpenVINO on the CPU (a .pt detector is exported once, cached beside its weights),
     # PyTorch on CUDA; openvino or torch to force one.
     det_runtime: DetRuntime = "auto"
@@ -85,6 +86,9 @@ class Settings(BaseSettings):
     # the face extra; no download).
     face_model: str = "edgeface_xs"
     min_face_px: int = Field(20, ge=4)
+    # Faces in film frames are looked for at this input size at most (long side, SCRFD); a
+    # 1280x720 frame runs at 640x384.
+    face_frame_px: int = Field(640, ge=64)
     # Link each person's detections across a shot's sampled frames (box overlap + appearance),
     # so that a confident face match lifts the whole track.
     tracks: bool = True
@@ -99,7 +103,7 @@ class Settings(BaseSettings):
 
     # Sampling inside shots (video): a shot's first, middle and last moments and evenly between,
     # at least this many frames a second; and the frame rate that frames-folder names imply.
-    sample_fps: float = Field(2.0, gt=0)
+    sample_fps: float = Field(1.0, gt=0)
     frames_fps: float = Field(5.0, gt=0)
     # Shots: editor (hard cuts that stand out from their neighbours; a white flash starts a new
     # shot where it begins), content or adaptive (PySceneDetect's detectors). Measured in

@@ -103,16 +103,18 @@ _EDGE_S = 0.08
 
 
 def shot_targets(shot: Shot, fps: float) -> list[float]:
-    """Sampling times inside a shot: its first, middle and last moments (a little inside the
-    cuts), and evenly between them no further apart than 1/fps. Short shots still get all three
-    (the sampler takes the first frame at or after each time, so a shot of a few frames gives
-    each of them once); people walk in and out, and a shot's ends are where they do."""
+    """Sampling times inside a shot: its first and last moments (a little inside the cuts), and
+    evenly between them no further apart than 1/fps, the middle among them when there are three
+    or more. A shot too short for two gets its middle. (The sampler takes the first frame at or
+    after each time, and a shot's last frame for the times after it.) People walk in and out,
+    and a shot's ends are where they do."""
     margin = min(_EDGE_S, shot.duration_s / 4)
     first, last = shot.start_s + margin, shot.end_s - margin
-    if last <= first:
+    if last - first < _EDGE_S:
         return [shot.start_s + shot.duration_s / 2]
-    n = max(3, math.ceil((last - first) * fps) + 1)
-    n += 1 - n % 2  # odd: the middle is one of them
+    n = max(2, math.ceil((last - first) * fps) + 1)
+    if n > 2:
+        n += 1 - n % 2  # odd: the middle is one of them
     step = (last - first) / (n - 1)
     return [first + i * step for i in range(n)]
 

@@ -183,9 +183,10 @@ class IndexWriter:
     """Streams shots, crops and vectors into a hidden folder; `commit` swaps it into place.
 
     With a `key`, the folder is named by it and resumes from its checkpoint when one was left
-    by the same key; `resumed` is that checkpoint then, else None."""
+    by the same key; `resumed` is that checkpoint then, else None. `start(dims)` opens the
+    channels' vector files (known once the models are loaded) before anything is added."""
 
-    def __init__(self, index_dir: Path, slug: str, dims: dict[str, int], key: str | None = None) -> None:
+    def __init__(self, index_dir: Path, slug: str, key: str | None = None) -> None:
         self.index_dir = index_dir
         self.slug = slug
         self.key = key
@@ -204,8 +205,12 @@ class IndexWriter:
         self.db = sqlite3.connect(self.tmp / META)
         if fresh:
             self.db.executescript(_SCHEMA)
-        self._files = {name: _VectorFile(self.tmp / VECTORS, name, dim) for name, dim in dims.items()}
+        self._files: dict[str, _VectorFile] = {}
         self._next_crop = 0
+
+    def start(self, dims: dict[str, int]) -> None:
+        """Open each channel's vector file; a resumed build goes back to its checkpoint first."""
+        self._files = {name: _VectorFile(self.tmp / VECTORS, name, dim) for name, dim in dims.items()}
         if self.resumed is not None:
             self._rewind(self.resumed)
 

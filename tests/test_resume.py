@@ -121,3 +121,46 @@ def test_a_build_owned_by_a_live_process_is_not_touched(make_settings, video: Pa
     with pytest.raises(BadInputError, match="already being indexed"):
         engine.index(video, "Heat")
     assert (build / CHECKPOINT).is_file()
+
+
+def test_after_kill_9_the_same_command_resumes_and_says_so(tmp_path: Path, tiny_dinov2: Path) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # 24 shots of a second each: long enough to be killed between two checkpoints.
+    colours = [(((200, 30, 40 + 5 * i) if i % 2 else (30, 200, 200 - 5 * i)), 24) for i in range(24)]
+    video = make_video(tmp_path / "long.mp4", colours)
+    index_dir = tmp_path / "indexes"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASTFINDER_")}
+    env.update(HF_HUB_OFFLINE="1", YOLO_OFFLINE="1", CASTFINDER_INDEX_DIR=str(index_dir),
+               CASTFINDER_DETECTOR="yolov8n.yaml", CASTFINDER_DINOV2_MODEL=str(tiny_dinov2),
+               CASTFINDER_CHANNELS="dinov2", CASTFINDER_DEVICE="cpu", CASTFINDER_DET_CONF="1e-4",
+               CASTFINDER_DET_IMGSZ="160", CASTFINDER_MIN_PERSON_PX="4", CASTFINDER_SAMPLE_FPS="4",
+               CASTFINDER_CHECKPOINT_S="2")
+    cmd = [sys.executable, "-m", "castfinder", "index", str(video), "--movie", "Heat", "--quiet", "--json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(index_dir.glob(f"{BUILDING_PREFIX}heat-*/{CHECKPOINT}")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.02)  # polling for the file, not waiting for a guess
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    [build] = _builds(index_dir)
+    assert (build / "pid").is_file() and not (index_dir / "heat").exists()  # killed: nothing published
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["resumed_at_s"] and 0 < report["resumed_at_s"] < 24
+    assert report["shots"] == 24 and not _builds(index_dir)
+    db = sqlite3.connect(index_dir / "heat" / "meta.sqlite")
+    try:
+        shots = [r[0] for r in db.execute("SELECT id FROM shots ORDER BY id")]
+        assert shots == list(range(1, 25))  # every shot once, none lost or doubled across the two runs
+        crop_ids = [r[0] for r in db.execute("SELECT id FROM crops ORDER BY id")]
+        assert crop_ids == list(range(len(crop_ids)))
+    finally:
+        db.close()
