@@ -96,12 +96,12 @@ class _Pace:
     def message(self, film_s: float, kept: int) -> str:
         elapsed = time.perf_counter() - self.t0
         done = film_s - self.start_s
-        parts = [f"{kept} people kept"]
+        parts = [f"{format_ts(film_s, decimals=0)} of {format_ts(self.total_s, decimals=0)}", f"{kept} people kept"]
         if elapsed > 1 and done > 0:
             speed = done / elapsed
-            parts += [f"{speed:.2f}× real time", f"ETA {format_ts((self.total_s - film_s) / speed)}"]
+            parts += [f"{speed:.2f}× real time", f"ETA {format_ts((self.total_s - film_s) / speed, decimals=0)}"]
         if self.start_s:
-            parts.append(f"resumed at {format_ts(self.start_s)}")
+            parts.append(f"resumed at {format_ts(self.start_s, decimals=0)}")
         return ", ".join(parts)
 
 

@@ -77,6 +77,7 @@ def test_indexing_a_video_builds_shots_thumbnails_and_a_manifest(engine: Engine,
     last = [p for p in seen if p.stage == "index"][-1]
     # Progress is film time done of the whole film, and the bar ends full.
     assert last.unit == "s" and last.done == last.total == pytest.approx(info.duration_s, abs=0.1)
+    assert last.message.startswith("00:00:03 of 00:00:03") and "people kept" in last.message
 
 
 def test_search_returns_ranked_shots_with_their_times(engine: Engine, video: Path, tmp_path: Path) -> None:
