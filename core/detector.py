@@ -208,6 +208,9 @@ class PersonDetector:
                     imgsz=inference_size(size, self.imgsz),
                     conf=self.conf,
                     classes=self.classes,
+                    # Several classes can be "person" (CASTFINDER_PERSON_CLASSES): one box per
+                    # person, whichever class won, not one per class around the same person.
+                    agnostic_nms=True,
                     device=self.device,
                     verbose=False,
                 )

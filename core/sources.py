@@ -600,7 +600,10 @@ class FramesFolderSource(MovieSource):
         return shots
 
     def sample(self, shots: list[Shot], fps: float, progress: ProgressCallback) -> Iterator[SampledFrame]:
+        """Every frame of the folder, whatever `fps`: a frames folder is a sample of its film
+        already (a TRECVID dump keeps a few frames a shot), chosen by whoever made it."""
         total = len(self.files)
+        fps = max(fps, self.fps)
         for shot in shots:
             targets = shot_targets(shot, fps)
             picked = 0
