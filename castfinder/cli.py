@@ -162,7 +162,7 @@ class _Bars:
         bar = self.bars.get(event.stage)
         if bar is None:
             # Film time: the message says it as a clock, with the speed and the time left.
-            fmt = "{desc}: {percentage:3.0f}%|{bar}| {postfix}" if event.unit == "s" else None
+            fmt = "{desc}: {percentage:3.0f}%|{bar}|{postfix}" if event.unit == "s" else None
             bar = tqdm(total=event.total, desc=STAGE_LABELS.get(event.stage, event.stage), unit=event.unit,
                        file=sys.stderr, dynamic_ncols=True, leave=True, bar_format=fmt)
             self.bars[event.stage] = bar

@@ -185,6 +185,16 @@ class PersonDetector:
             log.warning("the person detector stays on PyTorch: its OpenVINO export failed (%s)", exc)
             return
         self._model, self.runtime = exported, "openvino"
+        # ultralytics compiles the model on its first call, announcing it: do it now, quietly,
+        # while loading (beside the shot pass), not in the middle of the progress bars.
+        from ultralytics.utils import LOGGER
+
+        level = LOGGER.level
+        LOGGER.setLevel(logging.WARNING)
+        try:
+            self.detect([np.zeros((64, 64, 3), np.uint8)])
+        finally:
+            LOGGER.setLevel(level)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         """People in each RGB image, most confident first."""
