@@ -225,7 +225,7 @@ def cmd_index(args, settings) -> int:
     still = f" ({report.frames_still} more skipped as still)" if report.frames_still else ""
     print(f"  {report.shots} shots over {format_ts(m.duration_s, decimals=1)}, {report.frames_sampled} frames sampled{still}")
     print(f"  {report.persons_detected} people found, {report.crops_kept} kept, "
-          f"{report.duplicates_dropped} near-duplicates dropped")
+          f"{report.duplicates_dropped} near-duplicate{'' if report.duplicates_dropped == 1 else 's'} dropped")
     if report.shots_without_people:
         print(f"  {report.shots_without_people} shot(s) with nobody in them (not searchable)")
     for warning in report.warnings:

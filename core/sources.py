@@ -501,6 +501,9 @@ def in_background(items: Iterator[T], maxsize: int) -> Iterator[T]:
         except BaseException as exc:  # handed to the reader below
             failure.append(exc)
         finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a source's own cleanup (releasing its capture) runs now
+                close()
             put(done)
 
     thread = threading.Thread(target=produce, name="castfinder-decode", daemon=True)

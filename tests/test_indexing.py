@@ -314,3 +314,21 @@ def test_still_frames_are_skipped_before_detection(make_settings, tmp_path: Path
     assert still.movie.shots == 3 and still.crops_kept > 0
     moving = Engine(make_settings(**RANDOM_YOLO)).index(make_video(tmp_path / "moving.mp4", SEGMENTS), "Moving")
     assert moving.frames_still == 0 and moving.frames_sampled == every.frames_sampled
+
+
+def test_a_background_source_is_closed_when_its_reader_stops_early() -> None:
+    from core.sources import in_background
+
+    closed = []
+
+    def frames():
+        try:
+            yield from range(1000)
+        finally:
+            closed.append(True)  # as a video source releases its capture
+
+    source = frames()  # still referenced here: only an explicit close runs its cleanup
+    reader = in_background(source, maxsize=2)
+    assert next(reader) == 0
+    reader.close()
+    assert closed == [True]
