@@ -73,7 +73,7 @@ class Engine:
                 self._detector = PersonDetector(
                     s.detector, classes=s.person_classes, conf=s.det_conf, imgsz=s.det_imgsz,
                     batch=s.det_batch, min_px=s.min_person_px, device=self.device,
-                    runtime=s.det_runtime,
+                    runtime=s.det_runtime, threads=s.torch_threads,
                 )
             return self._detector
 

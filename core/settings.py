@@ -5,6 +5,7 @@ Every field here is documented in `.env.example`; keep the two in step.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -190,6 +191,17 @@ class Settings(BaseSettings):
     def resolve_device(self) -> str:
         if self.device != "auto":
             return self.device
+        if not _gpu_driver_present():
+            return "cpu"  # without importing torch: two seconds of start-up that the CPU path never needs
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _gpu_driver_present() -> bool:
+    """Whether a GPU driver that torch could use (NVIDIA's, or ROCm's, which torch.cuda also
+    serves) may be loaded; torch.cuda.is_available() is never true on Linux without one. Elsewhere
+    torch is asked."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd"))

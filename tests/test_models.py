@@ -10,6 +10,7 @@ from PIL import Image
 from core import ModelNotFoundError
 from core.detector import PersonDetector
 from core.embedders import ClipEmbedder, Dinov2Embedder, make_embedder
+from tests.conftest import GOLDENEYE_FRAMES, PERSON_DETECTOR, requires_shared
 
 
 def _crops(n: int = 5) -> list[Image.Image]:
@@ -177,3 +178,47 @@ def test_the_inference_size_follows_the_frame_up_to_the_cap() -> None:
     assert inference_size((720, 1280, 3), 384) == 384
     assert inference_size((544, 1280, 3), 500) == 480  # the cap itself is a multiple of 32
     assert inference_size((20, 30, 3), 640) == 32
+
+
+def test_a_cached_export_runs_without_torch_or_ultralytics(tiny_pt: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    _detector(str(tiny_pt))  # exports once
+    code = (
+        "import sys, numpy as np\n"
+        "from core.detector import PersonDetector\n"
+        f"d = PersonDetector({str(tiny_pt)!r}, classes=[0], conf=0.01, imgsz=160, batch=2, min_px=1, device='cpu')\n"
+        "d.detect([np.zeros((90, 160, 3), np.uint8)])\n"
+        "print(d.runtime, 'torch' in sys.modules, 'ultralytics' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ},
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["openvino", "False", "False"]
+
+
+@requires_shared
+def test_the_real_detector_finds_the_boxes_ultralytics_finds_on_film_frames() -> None:
+    from ultralytics import YOLO
+
+    from core.detector import cached_export, inference_size
+
+    det = PersonDetector(str(PERSON_DETECTOR), classes=[0, 1], conf=0.35, imgsz=384, batch=8, min_px=1, device="cpu")
+    assert det.runtime == "openvino"
+    reference = YOLO(str(cached_export(PERSON_DETECTOR)), task="detect")
+    frames = sorted(GOLDENEYE_FRAMES.glob("*.jpg"))[::3]
+    people = 0
+    for path in frames:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        ours = det.detect([rgb])[0]
+        res = reference.predict([np.ascontiguousarray(rgb[:, :, ::-1])], imgsz=inference_size(rgb.shape, 384),
+                                conf=0.35, classes=[0, 1], agnostic_nms=True, device="cpu", verbose=False)[0]
+        theirs = res.boxes.xyxy.numpy()
+        assert len(ours) == len(theirs), path.name
+        if ours:
+            np.testing.assert_allclose([d.bbox for d in ours], theirs, atol=0.05)
+            np.testing.assert_allclose([d.score for d in ours], res.boxes.conf.numpy(), atol=1e-4)
+        people += len(ours)
+    assert people >= 15  # GoldenEye's frames are full of people: a real comparison, not of empty lists
