@@ -1,7 +1,7 @@
-"""Indexing speed of the old pipeline (commit e42d0e2) beside the new one (the working tree), and their MAP.
+"""Indexing speed of an old pipeline (commit d976d54 unless --old) beside the new one (the working tree), and their MAP.
 
     HF_HUB_OFFLINE=1 YOLO_OFFLINE=1 .venv/bin/python benchmarks/bench_index.py [--shared ../shared] \
-        [--work /tmp/castfinder-bench] [--long [--long-old]] [--only old|new] [--no-quality] \
+        [--work /tmp/castfinder-bench] [--old REV] [--long [--long-old]] [--only old|new] [--no-quality] \
         [--footage dev720|goldeneye] [--json OUT]
 
 Footage (built once with the ffmpeg of the `imageio-ffmpeg` package, then reused from --work):
@@ -10,7 +10,8 @@ the other, each scaled to fit 1280×720 with black bars, 24 fps, x264 crf 20 (�
 `long30.mp4` (--long) is dev720 looped to 30 minutes. `--footage goldeneye` indexes the raw 10 s
 GoldenEye clip instead of dev720 (a smoke test; no ffmpeg needed).
 
-The old code is a detached git worktree of e42d0e2 in <work>/old; the new code is this checkout's
+The old code is a detached git worktree of the old revision in <work>/old-<rev> (d976d54, the
+pipeline before the one-pass reading; e42d0e2 is the one before the OpenVINO detector); the new code is this checkout's
 working tree (uncommitted changes included). Each `castfinder index <video> --json` runs from
 scratch in its own process with only the product's contract set (models folder, detector and its
 classes, an index folder): every other CASTFINDER_* setting of the caller is removed, so each
@@ -44,12 +45,15 @@ from bench_quality import _fmt, clips  # noqa: E402
 from bench_quality import run as run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-OLD_COMMIT = "e42d0e2"
+OLD_COMMIT = "d976d54"  # the default --old
 DETECTOR = "person_yolov8s_falldet.pt"
 QUALITY_CLIPS = ("GoldenEye", "Titanic", "Office", "Supernatural")
 QUERY_AT_S = 52.0  # the dev720 frame used as a one-screenshot query (Supernatural, two people)
 DEV_CLIPS = ("office/office_edit.mp4", "supernatural/supernatural_edit.mp4", "goldeneye/goldeneye_10s_vfr.mp4")
-STAGES = ("detect", "embed_face", "embed_reid", "shots", "decode")  # the table's columns; the rest is "other"
+# The table's columns; the rest of the wall time is "other". "decode" is the main thread waiting for
+# frames in pipelines up to d976d54, and the reading thread's own busy time (beside the rest) after
+# it, whose main thread waits in "wait".
+STAGES = ("detect", "embed_face", "embed_reid", "shots", "decode", "wait")
 LONG_S = 1800
 
 
@@ -162,17 +166,17 @@ def _git(*args: str, cwd: Path = REPO) -> str:
     return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def old_worktree(work: Path) -> Path:
-    """A detached worktree of OLD_COMMIT in <work>/old, made once."""
-    path = work / "old"
+def old_worktree(work: Path, rev: str) -> Path:
+    """A detached worktree of `rev` in <work>/old-<rev>, made once."""
+    path = work / f"old-{rev}"
     if not (path / ".git").exists():
-        proc = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--force", str(path), OLD_COMMIT],
+        proc = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--force", str(path), rev],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"cannot make the old worktree in {path}:\n{proc.stderr}")
     head = _git("rev-parse", "HEAD", cwd=path)
-    if not head.startswith(_git("rev-parse", OLD_COMMIT)):
-        raise SystemExit(f"{path} is at {head[:7]}, not {OLD_COMMIT}; remove it (git worktree remove {path})")
+    if not head.startswith(_git("rev-parse", rev)):
+        raise SystemExit(f"{path} is at {head[:7]}, not {rev}; remove it (git worktree remove {path})")
     return path
 
 
@@ -387,8 +391,9 @@ def print_speed(runs: list[IndexRun]) -> None:
         print(f"| {r.pipeline} | {r.footage} | {_duration(r.duration_s)} | {_duration(r.wall_s)} | "
               f"{r.duration_s / r.wall_s:.2f} | {rep.get('frames_sampled')} | {rep.get('persons_detected')} | "
               f"{rep.get('crops_kept')} | {rep.get('shots')} | {_bytes(r.peak_rss)} | {stages} | {r.other_s:.1f} |")
-    print("\nStage seconds are the index report's; other = wall − those five (start-up, model loading and the "
-          "report's other stages; negative where stages overlap). The report's other stages:")
+    print("\nStage seconds are the index report's; other = wall − those columns (start-up, model loading and the "
+          "report's other stages; negative where stages overlap: the one-pass reading thread's decode runs "
+          "beside detection). The report's other stages:")
     for r in runs:
         rest = {k: v for k, v in r.seconds.items() if k not in STAGES}
         print(f"- {r.pipeline}, {r.footage}: " + (", ".join(f"{k} {v:.1f}" for k, v in rest.items()) or "none"))
@@ -438,6 +443,7 @@ def main() -> int:
     ap.add_argument("--long", action="store_true", help="also index the 30-minute reel (new pipeline only)")
     ap.add_argument("--long-old", action="store_true", help="with --long: the old pipeline indexes it too")
     ap.add_argument("--only", choices=("old", "new"), help="run one pipeline")
+    ap.add_argument("--old", default=OLD_COMMIT, metavar="REV", help=f"the old pipeline's commit (default {OLD_COMMIT})")
     ap.add_argument("--no-quality", action="store_true", help="skip MAP on the development clips")
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write the raw figures here")
     args = ap.parse_args()
@@ -458,7 +464,7 @@ def main() -> int:
     labels = [args.only] if args.only else ["old", "new"]
     pipelines: list[Pipeline] = []
     for label in labels:
-        root, revision = (old_worktree(args.work), f"commit {OLD_COMMIT}") if label == "old" else (REPO, new_revision())
+        root, revision = (old_worktree(args.work, args.old), f"commit {args.old}") if label == "old" else (REPO, new_revision())
         env = pipeline_env(args.shared, args.work / f"indexes-{label}", args.work / f"yolo-{label}")
         pipelines.append(checked(Pipeline(label, root, revision), env))
         print(f"{label}: {revision}, castfinder imported from {pipelines[-1].package}")

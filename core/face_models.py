@@ -130,26 +130,37 @@ class ScrfdDetector:
             self._centres[key] = np.repeat(grid, self._ANCHORS, axis=0)
         return self._centres[key]
 
-    def input_size(self, w: int, h: int, upscale: bool = True,
-                   max_side: int | None = None) -> tuple[tuple[int, int], float]:
-        """(input width, height) for a w×h image and the scale that fits it in; without
-        `upscale`, a free-size model takes an image smaller than its input as it is, and
-        `max_side` caps its input's long side."""
+    def frame_scale(self, w: int, h: int, upscale: bool = True, max_side: int | None = None) -> float:
+        """The scale a w×h image is seen at: fitted into the model's input; without `upscale`
+        never enlarged; `max_side` caps the scaled long side (a free-size model)."""
         scale = min(self.size[0] / w, self.size[1] / h)
         if not self.free_size:
-            return self.size, scale
+            return scale
         scale = scale if upscale else min(scale, 1.0)
         if max_side:
             scale = min(scale, max_side / max(w, h))
+        return scale
+
+    def input_size(self, w: int, h: int, upscale: bool = True, max_side: int | None = None,
+                   scale: float | None = None) -> tuple[tuple[int, int], float]:
+        """(input width, height) for a w×h image and the scale that fits it in (see
+        `frame_scale`), or at the `scale` given (a part of a frame, at the frame's scale)."""
+        if not self.free_size:
+            return self.size, min(self.size[0] / w, self.size[1] / h) if scale is None else min(
+                scale, self.size[0] / w, self.size[1] / h)
+        if scale is None:
+            scale = self.frame_scale(w, h, upscale, max_side)
         cw, ch = (max(32, -(-round(v * scale) // 32) * 32) for v in (w, h))
         return (cw, ch), scale
 
-    def detect(self, rgb: np.ndarray, upscale: bool = True, max_side: int | None = None) -> list[FaceBox]:
+    def detect(self, rgb: np.ndarray, upscale: bool = True, max_side: int | None = None,
+               scale: float | None = None) -> list[FaceBox]:
         """Faces in an RGB image. Small images are enlarged to the model's size unless
         `upscale` is off (film frames: their faces are big enough, and the pass costs less);
-        `max_side` shrinks the input further where only big faces are looked for."""
+        `max_side` shrinks the input further where only big faces are looked for; `scale`
+        fixes the scale instead (a part of a frame seen as the whole frame would be)."""
         h, w = rgb.shape[:2]
-        size, scale = self.input_size(w, h, upscale, max_side)
+        size, scale = self.input_size(w, h, upscale, max_side, scale)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         canvas = np.zeros((size[1], size[0], 3), np.uint8)  # padded bottom-right, as in training
         canvas[:nh, :nw] = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR if scale < 1 else cv2.INTER_CUBIC)
@@ -185,7 +196,11 @@ class YunetDetector:
             raise ModelNotFoundError("YuNet face detector", str(path), "CASTFINDER_FACE_DETECTOR", str(exc)) from exc
         self._lock = threading.Lock()
 
-    def detect(self, rgb: np.ndarray, upscale: bool = True, max_side: int | None = None) -> list[FaceBox]:
+    def frame_scale(self, w: int, h: int, upscale: bool = True, max_side: int | None = None) -> float:
+        return 1.0
+
+    def detect(self, rgb: np.ndarray, upscale: bool = True, max_side: int | None = None,
+               scale: float | None = None) -> list[FaceBox]:
         h, w = rgb.shape[:2]  # YuNet always runs at the image's own size
         with self._lock:
             self._net.setInputSize((w, h))
@@ -258,6 +273,25 @@ def assign_faces(faces: Sequence[FaceBox], people: np.ndarray) -> dict[int, Face
     return taken
 
 
+def head_region(people: np.ndarray, w: int, h: int, margin_px: float = 0.0) -> tuple[int, int, int, int]:
+    """The part of a w×h frame (x1, y1, x2, y2, whole pixels) that holds every face
+    `assign_faces` could give to these person boxes: around each box's upper part, as wide as the
+    widest face it accepts, plus `margin_px` of context for the detector."""
+    people = np.asarray(people, dtype=np.float64).reshape(-1, 4)
+    bw, bh = people[:, 2] - people[:, 0], people[:, 3] - people[:, 1]
+    half = 0.6 * bw + margin_px  # a face's half width is at most 0.6 of its person's (assign_faces)
+    x1 = np.min(people[:, 0] - half)
+    x2 = np.max(people[:, 2] + half)
+    y1 = np.min(people[:, 1] - 0.1 * bh - 1.3 * half)  # faces are taller than wide
+    y2 = np.max(people[:, 1] + 0.6 * bh + 1.3 * half)
+    return (max(0, int(np.floor(x1))), max(0, int(np.floor(y1))),
+            min(w, int(np.ceil(x2))), min(h, int(np.ceil(y2))))
+
+
+# Context around the head region, in detector input pixels: beyond its receptive field's reach
+# at the strides that find small faces.
+_REGION_MARGIN = 32
+
 # A person box at least this share of the frame's height is a close-up (see _assign_in_frame),
 # searched again for a face at this input size: its face is big (a 720p close-up's is ≥ 150 px).
 _CLOSE_UP = 0.5
@@ -278,16 +312,36 @@ class OnnxFaceEncoder:
         self.model_name = model_name
         self.dim = embedder.dim
 
-    def _faces(self, rgb: np.ndarray, upscale: bool = True, max_side: int | None = None) -> list[FaceBox]:
-        return [f for f in self.detector.detect(rgb, upscale, max_side)
+    def _faces(self, rgb: np.ndarray, upscale: bool = True, max_side: int | None = None,
+               scale: float | None = None) -> list[FaceBox]:
+        return [f for f in self.detector.detect(rgb, upscale, max_side, scale)
                 if f.landmarks is not None and f.short_side >= self.min_face_px]
+
+    def _frame_faces(self, rgb: np.ndarray, boxes: np.ndarray) -> list[FaceBox]:
+        """The faces of a film frame where its people's heads can be: the detector sees only
+        the part of the frame around them (`head_region`), at the whole frame's scale, so that
+        it finds the faces a whole-frame pass finds there, for less (a wide shot's sky, floor
+        and black bars are not searched)."""
+        h, w = rgb.shape[:2]
+        scale = self.detector.frame_scale(w, h, upscale=False, max_side=self.frame_px)
+        x1, y1, x2, y2 = head_region(boxes, w, h, margin_px=_REGION_MARGIN / max(scale, 1e-6))
+        if (x2 - x1) * (y2 - y1) >= 0.9 * w * h or not getattr(self.detector, "free_size", True):
+            return self._faces(rgb, upscale=False, max_side=self.frame_px)
+        # The part starts on the whole pass's grid (its coarsest stride, in frame pixels): the
+        # detector's anchors and the resampling then fall where they fall for the whole frame.
+        grid = max(1, round(32 / max(scale, 1e-6)))
+        x1, y1 = x1 // grid * grid, y1 // grid * grid
+        part = np.ascontiguousarray(rgb[y1:y2, x1:x2])
+        return [FaceBox((f.box[0] + x1, f.box[1] + y1, f.box[2] + x1, f.box[3] + y1), f.score,
+                        None if f.landmarks is None else f.landmarks + np.array([x1, y1], np.float32))
+                for f in self._faces(part, upscale=False, scale=scale)]
 
     def _assign_in_frame(self, rgb: np.ndarray, boxes: np.ndarray) -> dict[int, FaceBox]:
         """Faces of a frame's people. Detectors score faces that fill much of their input low (a
         close-up's face is half the frame): where a large person is left without a face, that
         person is searched once more, cut out inside a black border, which makes the face
         smaller; at a small input, since only a big face is looked for there."""
-        faces = self._faces(rgb, upscale=False, max_side=self.frame_px)
+        faces = self._frame_faces(rgb, boxes)
         taken = assign_faces(faces, boxes)
         h, w = rgb.shape[:2]
         large = [i for i, b in enumerate(boxes) if i not in taken and b[3] - b[1] >= _CLOSE_UP * h]

@@ -41,7 +41,8 @@ _PATHLIKE = re.compile(r"(^|[\\/])\.\.([\\/]|$)|^[\\/]|^[A-Za-z]:[\\/]")
 class _ShotState:
     """What the indexer remembers about the shot being processed."""
 
-    shot: Shot
+    shot_id: int
+    start_s: float
     tracker: ShotTracker
     kept: list[np.ndarray] = field(default_factory=list)  # embeddings kept, for de-duplication
     persons: int = 0
@@ -77,13 +78,16 @@ class _Timer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            self.add(stage, time.perf_counter() - start)
 
 
 class _Pace:
@@ -93,13 +97,14 @@ class _Pace:
         self.start_s, self.total_s = start_s, total_s
         self.t0 = time.perf_counter()
 
-    def message(self, film_s: float, kept: int) -> str:
+    def message(self, film_s: float, kept: int, total_s: float | None = None) -> str:
+        total_s = self.total_s if total_s is None else total_s
         elapsed = time.perf_counter() - self.t0
         done = film_s - self.start_s
-        parts = [f"{format_ts(film_s, decimals=0)} of {format_ts(self.total_s, decimals=0)}", f"{kept} people kept"]
+        parts = [f"{format_ts(film_s, decimals=0)} of {format_ts(total_s, decimals=0)}", f"{kept} people kept"]
         if elapsed > 1 and done > 0:
             speed = done / elapsed
-            parts += [f"{speed:.2f}× real time", f"ETA {format_ts((self.total_s - film_s) / speed, decimals=0)}"]
+            parts += [f"{speed:.2f}× real time", f"ETA {format_ts(max(0.0, total_s - film_s) / speed, decimals=0)}"]
         if self.start_s:
             parts.append(f"resumed at {format_ts(self.start_s, decimals=0)}")
         return ", ".join(parts)
@@ -133,7 +138,7 @@ Models = tuple[PersonDetector, list[Channel]]
 
 class Indexer:
     """Builds one index. `models` is the detector and channels, or a future of them: they load
-    beside the first pass over the film (the shots), which needs none of them."""
+    while the film's first frames are read."""
 
     def __init__(self, settings: Settings, models: Models | Future[Models]) -> None:
         self.settings = settings
@@ -142,10 +147,6 @@ class Indexer:
         self.channels: list[Channel] = []
         self.primary: Channel | None = None
         self._track_ids = itertools.count(1)  # shared by every shot's tracker: ids unique in the movie
-
-    def _failed_loading(self) -> BaseException | None:
-        models = self._models
-        return models.exception() if isinstance(models, Future) and models.done() else None
 
     def _load(self) -> None:
         detector, channels = self._models.result() if isinstance(self._models, Future) else self._models
@@ -176,33 +177,17 @@ class Indexer:
             )
         build = self._build_settings()
         writer = IndexWriter(s.index_dir, slug, key=run_key(Path(source_path), build))
-
-        def shots_progress(p: Progress) -> None:
-            # A model that cannot load stops the run now, not after the whole first pass.
-            if (exc := self._failed_loading()) is not None:
-                raise exc
-            progress(p)
-
         try:
             resumed = writer.resumed
             if resumed is not None:
-                shots = [Shot(**shot) for shot in resumed.shots]
-                source.duration_s = shots[-1].end_s
                 for stage, seconds in resumed.seconds.items():
                     timer.seconds[stage] = seconds
                 self._track_ids = itertools.count(resumed.next_track)
-                log.info("resuming the index of %r at %s of %s", name, format_ts(resumed.film_s),
-                         format_ts(source.duration_s))
+                log.info("resuming the index of %r at %s", name, format_ts(resumed.film_s))
                 checkpoint = replace(resumed, resumed=resumed.resumed + 1)
             else:
-                with timer("shots"):
-                    shots = source.shots(shots_progress)
-                checkpoint = Checkpoint(writer.key or "", [asdict(shot) for shot in shots],
-                                        warnings=list(source.warnings))
-            with timer("load"):  # what model loading took beyond the first pass
-                self._load()
-            writer.start({c.name: c.dim for c in self.channels})
-            counts = self._process(source, shots, writer, checkpoint, timer, progress)
+                checkpoint = Checkpoint(writer.key or "", [], warnings=list(source.warnings))
+            shots, counts = self._process(source, writer, checkpoint, timer, progress)
             warnings = list(dict.fromkeys([*checkpoint.warnings, *source.warnings]))
             manifest = {
                 "name": name,
@@ -265,37 +250,41 @@ class Indexer:
                          "face_frame_px": s.face_frame_px},
         }
 
-    def _process(self, source: MovieSource, shots: list[Shot], writer: IndexWriter, checkpoint: Checkpoint,
-                 timer: _Timer, progress: ProgressCallback) -> dict[str, int]:
-        """Sample, detect, embed and write every shot after the checkpoint's; checkpoints the
-        build at the first shot boundary after every `checkpoint_s` of film."""
+    def _process(self, source: MovieSource, writer: IndexWriter, checkpoint: Checkpoint, timer: _Timer,
+                 progress: ProgressCallback) -> tuple[list[Shot], dict[str, int]]:
+        """Read the film (in a thread: decoding, shots, sampling) while detecting, embedding and
+        writing every shot after the checkpoint's; checkpoints the build at the first shot
+        boundary after every `checkpoint_s` of film. Returns the film's shots and the counts."""
         s = self.settings
-        by_id = {shot.id: shot for shot in shots}
-        todo = [shot for shot in shots if shot.id > checkpoint.done_shot]
+        done = [Shot(**shot) for shot in checkpoint.shots if shot["id"] <= checkpoint.done_shot]
+        shots: list[Shot] = list(done)  # every shot of the film so far, in order
+        ended: dict[int, Shot] = {}  # shots whose end the source has told, not yet written
         states: dict[int, _ShotState] = {}
         counts = {key: checkpoint.counts.get(key, 0) for key in _COUNTS}
-        total_s = shots[-1].end_s if shots else 0.0
+        total_s = max(source.estimated_duration_s, checkpoint.film_s)
         pace = _Pace(checkpoint.film_s, total_s)
         last_checkpoint_s = checkpoint.film_s
 
         def finish_shot(state: _ShotState) -> None:
-            writer.add_shot(state.shot, state.thumb, state.thumb_time, state.persons, s.thumbnail_px)
+            shot = ended.pop(state.shot_id)
+            writer.add_shot(shot, state.thumb, state.thumb_time, state.persons, s.thumbnail_px)
             for key, value in state.counts.items():
                 counts[key] += value
             counts["shots_without_people"] += state.persons == 0
             counts["shots_done"] += 1
-            checkpoint.done_shot = state.shot.id
-            checkpoint.film_s = state.shot.end_s
+            checkpoint.done_shot = shot.id
+            checkpoint.film_s = shot.end_s
 
         def finish_all() -> None:
-            for state in sorted(states.values(), key=lambda st: st.shot.id):
+            for state in sorted(states.values(), key=lambda st: st.shot_id):
                 finish_shot(state)
             states.clear()
 
         def report() -> None:
-            film_s = max([checkpoint.film_s, *(st.shot.start_s for st in states.values())])
+            film_s = max([checkpoint.film_s, *(st.start_s for st in states.values())])
             kept = counts["crops_kept"] + sum(st.counts["crops_kept"] for st in states.values())
-            progress(Progress("index", round(film_s, 1), round(total_s, 1), "s", pace.message(film_s, kept)))
+            total = max(total_s, film_s, source.duration_s)
+            progress(Progress("index", round(film_s, 1), round(total, 1), "s", pace.message(film_s, kept, total)))
 
         batch: list[SampledFrame] = []
 
@@ -306,43 +295,58 @@ class Indexer:
                 finish_shot(states.pop(sid))
             batch.clear()
 
-        # Decoding runs a few frames ahead of detection, in its own thread.
-        frames = (in_background(source.sample(todo, s.sample_fps, lambda _: None), maxsize=2 * s.det_batch)
-                  if todo else iter(()))
-        report()
-        while True:
-            with timer("decode"):
-                frame = next(frames, None)
-            boundary = frame is not None and states and frame.shot_id > max(states)
-            if frame is None or (boundary and states[max(states)].shot.end_s - last_checkpoint_s >= s.checkpoint_s):
-                if batch:
+        # The film is read a few frames ahead, in its own thread, while the models finish loading.
+        items = in_background(source.stream(s.sample_fps, lambda _: None, after_shot=checkpoint.done_shot),
+                              maxsize=2 * s.det_batch, busy=lambda dt: timer.add("decode", dt))
+        try:
+            with timer("load"):  # what model loading took beyond the reading ahead
+                self._load()
+            writer.start({c.name: c.dim for c in self.channels})
+            report()
+            while True:
+                with timer("wait"):
+                    item = next(items, None)
+                if isinstance(item, Shot):
+                    if item.id > checkpoint.done_shot:
+                        shots.append(item)
+                        ended[item.id] = item
+                    continue
+                frame = item
+                boundary = frame is not None and states and frame.shot_id > max(states)
+                if frame is None or (boundary and ended[max(states)].end_s - last_checkpoint_s >= s.checkpoint_s):
+                    if batch:
+                        detect()
+                    finish_all()
+                    if frame is None:
+                        break
+                    checkpoint.shots = [asdict(shot) for shot in shots if shot.id <= checkpoint.done_shot]
+                    checkpoint.counts = dict(counts)
+                    checkpoint.seconds = dict(timer.seconds)
+                    checkpoint.next_track = next(self._track_ids)
+                    checkpoint.warnings = list(dict.fromkeys([*checkpoint.warnings, *source.warnings]))
+                    writer.checkpoint(checkpoint)
+                    last_checkpoint_s = checkpoint.film_s
+                state = self._state(frame, states)
+                if self._is_still(frame, state):
+                    state.counts["frames_still"] += 1
+                else:
+                    batch.append(frame)
+                if len(batch) >= s.det_batch:
                     detect()
-                finish_all()
-                if frame is None:
-                    break
-                checkpoint.counts = dict(counts)
-                checkpoint.seconds = dict(timer.seconds)
-                checkpoint.next_track = next(self._track_ids)
-                writer.checkpoint(checkpoint)
-                last_checkpoint_s = checkpoint.film_s
-            state = self._state(frame.shot_id, by_id, states)
-            if self._is_still(frame, state):
-                state.counts["frames_still"] += 1
-            else:
-                batch.append(frame)
-            if len(batch) >= s.det_batch:
-                detect()
-                report()
+                    report()
+        finally:
+            items.close()
         report()
         missing = len(shots) - counts["shots_done"]
         if missing:
             log.warning("%d shot(s) had no decodable frame and are left out", missing)
-        return {key: value for key, value in counts.items() if key != "shots_done"}
+        return shots, {key: value for key, value in counts.items() if key != "shots_done"}
 
-    def _state(self, shot_id: int, by_id: dict[int, Shot], states: dict[int, _ShotState]) -> _ShotState:
-        if shot_id not in states:
-            states[shot_id] = _ShotState(by_id[shot_id], ShotTracker(self._track_ids, iou_min=self.settings.track_iou))
-        return states[shot_id]
+    def _state(self, frame: SampledFrame, states: dict[int, _ShotState]) -> _ShotState:
+        if frame.shot_id not in states:
+            states[frame.shot_id] = _ShotState(frame.shot_id, frame.time_s,
+                                               ShotTracker(self._track_ids, iou_min=self.settings.track_iou))
+        return states[frame.shot_id]
 
     def _is_still(self, frame: SampledFrame, state: _ShotState) -> bool:
         """Whether `frame` barely differs from the last frame processed in its shot: then it is

@@ -13,10 +13,11 @@ import math
 import queue
 import re
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import cv2
 import numpy as np
@@ -74,9 +75,27 @@ class MovieSource:
     def sample(self, shots: list[Shot], fps: float, progress: ProgressCallback) -> Iterator[SampledFrame]:
         raise NotImplementedError
 
+    def stream(self, fps: float, progress: ProgressCallback, after_shot: int = 0) -> Iterator[SampledFrame | Shot]:
+        """The sampled frames and the shots, in film order: each shot's frames, then the shot.
+        Shots up to `after_shot` (done before a resumed run) are given but not sampled. Here the
+        shots are found first, then sampled (a second pass); videos cut by the editor detector
+        do both in one decode (core.onepass)."""
+        shots = self.shots(progress)
+        pending = deque(shots)
+        for frame in self.sample([shot for shot in shots if shot.id > after_shot], fps, progress):
+            while pending[0].id < frame.shot_id:
+                yield pending.popleft()
+            yield frame
+        yield from pending
+
     @property
     def warnings(self) -> list[str]:
         return getattr(self, "_warnings", [])
+
+    @property
+    def estimated_duration_s(self) -> float:
+        """The film's length before it has been read through (for progress)."""
+        return getattr(self, "duration_s", 0.0)
 
 
 def open_source(
@@ -202,6 +221,9 @@ class EditorCutDetector:
         self._frames: deque[np.ndarray] = deque(maxlen=self.max_rise + self._lag + 3)
         self._scanned = 1  # flash peaks are checked up to this frame (exclusive)
         self._flash_end = -1  # last frame of the latest flash
+        self._decided = 0  # frames before this one have their final boundary status (new_cuts)
+        self._last_cut = 0  # the latest cut decided (or frame 0)
+        self._events_from = 0  # flash events ending before the frames still to decide are behind us
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -299,10 +321,50 @@ class EditorCutDetector:
         cuts: list[int] = []
         last = 0
         for i in sorted(candidates):
-            if i - last >= self.min_shot_frames and self.times[i] - self.times[last] >= self.min_shot_s - 1e-6:
+            if self._long_enough(last, i):
                 cuts.append(i)
                 last = i
         return cuts
+
+    def _long_enough(self, last: int, i: int) -> bool:
+        return i - last >= self.min_shot_frames and self.times[i] - self.times[last] >= self.min_shot_s - 1e-6
+
+    @property
+    def lag(self) -> int:
+        """How many frames after a frame must be pushed before its boundary status is final."""
+        return self.window + (self._lag + self.max_rise + 1 if self.flashes else 0)
+
+    def settled(self) -> int:
+        """Frames before this index have their final boundary status: a cut there can neither
+        appear nor go away, whatever frames come next. A flash's start is decided once its peak
+        and fall have been seen; a hard cut once the frames after it have."""
+        upto = len(self.scores) - self.window
+        if self.flashes:
+            upto = min(upto, self._scanned - self.max_rise)
+        return max(0, upto)
+
+    def new_cuts(self, final: bool = False) -> list[int]:
+        """The cuts decided since the last call, in order: the same as `cuts` gives for the
+        frames up to `settled()`, or for all frames pushed when `final` (the end of the film)."""
+        if final and self.flashes:
+            self._scan(len(self.scores))
+        upto = len(self.scores) if final else self.settled()
+        events, found = self.events, []
+        while self._decided < upto:
+            i = self._decided
+            self._decided += 1
+            if i == 0:
+                continue
+            while self._events_from < len(events) and events[self._events_from][1] < i:
+                self._events_from += 1
+            # Flash events come in time order and never overlap: at most the first one left holds i.
+            flash = events[self._events_from] if self._events_from < len(events) else None
+            inside = flash is not None and flash[0] <= i <= flash[1]
+            cut = (not flash[2] and flash[0] == i) if inside else self.stands_out(i)
+            if cut and self._long_enough(self._last_cut, i):
+                found.append(i)
+                self._last_cut = i
+        return found
 
 
 class VideoSource(MovieSource):
@@ -337,6 +399,20 @@ class VideoSource(MovieSource):
                 f"{path.name}: not a video that can be read (damaged, truncated, or not a video at all)."
             )
         self.duration_s = 0.0
+
+    @property
+    def estimated_duration_s(self) -> float:
+        if self.duration_s:
+            return self.duration_s
+        return self.frame_count / self.nominal_fps if self.frame_count and self.nominal_fps > 0 else 0.0
+
+    def stream(self, fps: float, progress: ProgressCallback, after_shot: int = 0) -> Iterator[SampledFrame | Shot]:
+        if self.detector != "editor":  # PySceneDetect's detectors: find the shots first
+            yield from super().stream(fps, progress, after_shot)
+            return
+        from .onepass import one_pass
+
+        yield from one_pass(self, fps, after_shot)
 
     def shots(self, progress: ProgressCallback) -> list[Shot]:
         if self.detector == "editor":
@@ -475,10 +551,11 @@ class VideoSource(MovieSource):
             cap.release()
 
 
-def in_background(items: Iterator[T], maxsize: int) -> Iterator[T]:
-    """`items`, produced in a thread beside the caller's work (decoding: OpenCV releases the GIL),
-    at most `maxsize` ahead. An error in the thread is raised here; closing this generator stops
-    the thread."""
+def in_background(items: Iterator[T], maxsize: int, busy: Callable[[float], None] | None = None) -> Iterator[T]:
+    """`items`, produced in a thread beside the caller's work (decoding: OpenCV and PyAV release
+    the GIL), at most `maxsize` ahead. An error in the thread is raised here; closing this
+    generator stops the thread. `busy` is told the seconds the thread spent producing each item."""
+    items = iter(items)
     done = object()
     buffer: queue.Queue = queue.Queue(maxsize=maxsize)
     stop = threading.Event()
@@ -495,8 +572,12 @@ def in_background(items: Iterator[T], maxsize: int) -> Iterator[T]:
 
     def produce() -> None:
         try:
-            for item in items:
-                if not put(item):
+            while True:
+                start = time.perf_counter()
+                item = next(items, done)
+                if busy is not None:
+                    busy(time.perf_counter() - start)
+                if item is done or not put(item):
                     return
         except BaseException as exc:  # handed to the reader below
             failure.append(exc)

@@ -222,3 +222,39 @@ def test_scrfd_runs_a_wide_frame_at_its_own_shape_and_finds_the_same_faces() -> 
             size = face.box[2] - face.box[0]
             assert any(max(abs(u - v) for u, v in zip(face.box, other.box)) < 2 + 0.03 * size for other in b)
     assert found_square and found_free >= found_square - 1
+
+
+@needs_face_weights
+def test_faces_are_looked_for_around_the_heads_only_and_found_as_in_the_whole_frame(make_settings) -> None:
+    import cv2
+
+    from core.detector import PersonDetector
+    from core.face_models import head_region
+    from tests.conftest import PERSON_DETECTOR
+
+    clip = DATA / "supernatural" / "supernatural_edit.mp4"
+    if not (PERSON_DETECTOR.is_file() and clip.is_file()):
+        pytest.skip(f"needs {PERSON_DETECTOR} and {clip}")
+    encoder = make_channel("face", f"{SCRFD}+{EDGEFACE}", make_settings(), "cpu").encoder
+    people = PersonDetector(str(PERSON_DETECTOR), classes=[0, 1], conf=0.35, imgsz=384, batch=4, min_px=16,
+                            device="cpu")
+    cap = cv2.VideoCapture(str(clip))
+    frames = []
+    while (frame := cap.read()[1]) is not None:
+        frames.append(frame)
+    cropped = faces = 0
+    for bgr in frames[::24]:  # a frame a second
+        frame = np.ascontiguousarray(bgr[:, :, ::-1])
+        boxes = np.array([d.bbox for d in people.detect([frame])[0]]).reshape(-1, 4)
+        if not len(boxes):
+            continue
+        h, w = frame.shape[:2]
+        x1, y1, x2, y2 = head_region(boxes, w, h)
+        cropped += (x2 - x1) * (y2 - y1) < 0.9 * w * h
+        whole = assign_faces(encoder._faces(frame, upscale=False, max_side=encoder.frame_px), boxes)
+        near = assign_faces(encoder._frame_faces(frame, boxes), boxes)
+        assert whole.keys() == near.keys()
+        for k in whole:
+            np.testing.assert_allclose(whole[k].landmarks, near[k].landmarks, atol=0.5)
+        faces += len(whole)
+    assert cropped >= 3 and faces >= 10  # the shortcut was taken, on frames with faces
