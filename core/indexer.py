@@ -240,7 +240,7 @@ class Indexer:
             "channels": {name: s.model_for(name) for name in s.index_channels()},
             "detector": {"model": s.detector, "classes": list(s.person_classes), "conf": s.det_conf,
                          "imgsz": s.det_imgsz},
-            "settings": {"sample_fps": s.sample_fps, "frames_fps": s.frames_fps,
+            "settings": {"sample_fps": s.sample_fps, "short_shot_s": s.short_shot_s, "frames_fps": s.frames_fps,
                          "shot_detector": s.shot_detector,
                          "scene_threshold": scene_threshold(s.shot_detector, s.scene_threshold),
                          "min_shot_s": s.min_shot_s, "min_shot_frames": s.min_shot_frames,
@@ -296,7 +296,8 @@ class Indexer:
             batch.clear()
 
         # The film is read a few frames ahead, in its own thread, while the models finish loading.
-        items = in_background(source.stream(s.sample_fps, lambda _: None, after_shot=checkpoint.done_shot),
+        items = in_background(source.stream(s.sample_fps, lambda _: None, after_shot=checkpoint.done_shot,
+                                            short_s=s.short_shot_s),
                               maxsize=2 * s.det_batch, busy=lambda dt: timer.add("decode", dt))
         try:
             with timer("load"):  # what model loading took beyond the reading ahead

@@ -93,8 +93,8 @@ class _Held:
 class _ShotSampler:
     """Which of one shot's frames to sample, decided frame by frame, oldest first."""
 
-    def __init__(self, shot_id: int, start_frame: int, start_s: float, fps: float) -> None:
-        self.id, self.start_frame, self.start_s, self.fps = shot_id, start_frame, start_s, fps
+    def __init__(self, shot_id: int, start_frame: int, start_s: float, fps: float, short_s: float) -> None:
+        self.id, self.start_frame, self.start_s, self.fps, self.short_s = shot_id, start_frame, start_s, fps, short_s
         self.end_frame: int | None = None  # inclusive; known once the next cut is
         self.end_s: float | None = None
         self.targets: list[float] | None = None  # the plan, once the end is known
@@ -106,7 +106,7 @@ class _ShotSampler:
         self.end_frame, self.end_s = end_frame, end_s
         shot = self.shot()
         if self.last_s is None:
-            self.targets = shot_targets(shot, self.fps)  # whole: exactly the sources' rule
+            self.targets = shot_targets(shot, self.fps, self.short_s)  # whole: exactly the sources' rule
             return
         # A long shot, sampled every 1/fps so far: the rest evenly up to its last moment.
         last = shot.end_s - _EDGE_S
@@ -135,10 +135,12 @@ class _ShotSampler:
         return take
 
 
-def one_pass(source: "VideoSource", fps: float, after_shot: int = 0) -> Iterator[SampledFrame | Shot]:
+def one_pass(source: "VideoSource", fps: float, after_shot: int = 0,
+             short_s: float = 0.0) -> Iterator[SampledFrame | Shot]:
     """The video's sampled frames and its shots, in film order, from one decode: each shot's
     samples, then the shot itself (its end is known only then). Shots up to `after_shot` (done
-    before a resumed run) are reported but not sampled. Raises BadInputError at the end for a
+    before a resumed run) are reported but not sampled; shots no longer than `short_s`, once.
+    Raises BadInputError at the end for a
     video that decoded to much less than its container promises (truncated or damaged)."""
     det = EditorCutDetector(fps=source.nominal_fps, threshold=source.threshold, min_shot_s=source.min_shot_s,
                             min_shot_frames=source.min_shot_frames)
@@ -146,7 +148,7 @@ def one_pass(source: "VideoSource", fps: float, after_shot: int = 0) -> Iterator
     queue: deque[_Held] = deque()
     cuts: deque[int] = deque()
     hold: int | None = None
-    sampler = _ShotSampler(1, 0, 0.0, fps)  # its start time is the first frame's, set below
+    sampler = _ShotSampler(1, 0, 0.0, fps, short_s)  # its start time is the first frame's, set below
     last_dt = 1.0 / vfps
     film_end: tuple[int, float] | None = None  # the last frame and the film's end, once decoded
 
@@ -155,7 +157,7 @@ def one_pass(source: "VideoSource", fps: float, after_shot: int = 0) -> Iterator
         if cuts and held.index == cuts[0]:  # the first frame of the next shot
             cuts.popleft()
             yield sampler.shot()
-            sampler = _ShotSampler(sampler.id + 1, held.index, held.time_s, fps)
+            sampler = _ShotSampler(sampler.id + 1, held.index, held.time_s, fps, short_s)
         if sampler.end_frame is None:  # its end in sight: the next cut is decided, or the film ended
             if cuts:
                 sampler.ends(cuts[0] - 1, det.times[cuts[0]])

@@ -72,17 +72,20 @@ class MovieSource:
     def shots(self, progress: ProgressCallback) -> list[Shot]:
         raise NotImplementedError
 
-    def sample(self, shots: list[Shot], fps: float, progress: ProgressCallback) -> Iterator[SampledFrame]:
+    def sample(self, shots: list[Shot], fps: float, progress: ProgressCallback,
+               short_s: float = 0.0) -> Iterator[SampledFrame]:
         raise NotImplementedError
 
-    def stream(self, fps: float, progress: ProgressCallback, after_shot: int = 0) -> Iterator[SampledFrame | Shot]:
+    def stream(self, fps: float, progress: ProgressCallback, after_shot: int = 0,
+               short_s: float = 0.0) -> Iterator[SampledFrame | Shot]:
         """The sampled frames and the shots, in film order: each shot's frames, then the shot.
-        Shots up to `after_shot` (done before a resumed run) are given but not sampled. Here the
-        shots are found first, then sampled (a second pass); videos cut by the editor detector
-        do both in one decode (core.onepass)."""
+        Shots up to `after_shot` (done before a resumed run) are given but not sampled; a video
+        shot no longer than `short_s` is sampled once (see shot_targets). Here the shots are
+        found first, then sampled (a second pass); videos cut by the editor detector do both in
+        one decode (core.onepass)."""
         shots = self.shots(progress)
         pending = deque(shots)
-        for frame in self.sample([shot for shot in shots if shot.id > after_shot], fps, progress):
+        for frame in self.sample([shot for shot in shots if shot.id > after_shot], fps, progress, short_s):
             while pending[0].id < frame.shot_id:
                 yield pending.popleft()
             yield frame
@@ -121,15 +124,15 @@ def open_source(
 _EDGE_S = 0.08
 
 
-def shot_targets(shot: Shot, fps: float) -> list[float]:
+def shot_targets(shot: Shot, fps: float, short_s: float = 0.0) -> list[float]:
     """Sampling times inside a shot: its first and last moments (a little inside the cuts), and
     evenly between them no further apart than 1/fps, the middle among them when there are three
-    or more. A shot too short for two gets its middle. (The sampler takes the first frame at or
-    after each time, and a shot's last frame for the times after it.) People walk in and out,
-    and a shot's ends are where they do."""
+    or more. A shot too short for two, or no longer than `short_s`, gets its middle. (The
+    sampler takes the first frame at or after each time, and a shot's last frame for the times
+    after it.) People walk in and out, and a shot's ends are where they do."""
     margin = min(_EDGE_S, shot.duration_s / 4)
     first, last = shot.start_s + margin, shot.end_s - margin
-    if last - first < _EDGE_S:
+    if last - first < _EDGE_S or shot.duration_s <= short_s:
         return [shot.start_s + shot.duration_s / 2]
     n = max(2, math.ceil((last - first) * fps) + 1)
     if n > 2:
@@ -406,13 +409,14 @@ class VideoSource(MovieSource):
             return self.duration_s
         return self.frame_count / self.nominal_fps if self.frame_count and self.nominal_fps > 0 else 0.0
 
-    def stream(self, fps: float, progress: ProgressCallback, after_shot: int = 0) -> Iterator[SampledFrame | Shot]:
+    def stream(self, fps: float, progress: ProgressCallback, after_shot: int = 0,
+               short_s: float = 0.0) -> Iterator[SampledFrame | Shot]:
         if self.detector != "editor":  # PySceneDetect's detectors: find the shots first
-            yield from super().stream(fps, progress, after_shot)
+            yield from super().stream(fps, progress, after_shot, short_s)
             return
         from .onepass import one_pass
 
-        yield from one_pass(self, fps, after_shot)
+        yield from one_pass(self, fps, after_shot, short_s)
 
     def shots(self, progress: ProgressCallback) -> list[Shot]:
         if self.detector == "editor":
@@ -512,7 +516,8 @@ class VideoSource(MovieSource):
             shots = [Shot(1, 1, None, 0, decoded - 1, 0.0, end_s)]
         return shots, decoded
 
-    def sample(self, shots: list[Shot], fps: float, progress: ProgressCallback) -> Iterator[SampledFrame]:
+    def sample(self, shots: list[Shot], fps: float, progress: ProgressCallback,
+               short_s: float = 0.0) -> Iterator[SampledFrame]:
         cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
             raise BadInputError(f"{self.path.name}: the video could not be reopened.")
@@ -520,7 +525,7 @@ class VideoSource(MovieSource):
             last_frame = shots[-1].end_frame
             shot_iter = iter(shots)
             shot = next(shot_iter)
-            targets = shot_targets(shot, fps)
+            targets = shot_targets(shot, fps, short_s)
             picked_in_shot = 0
             index = -1
             while index < last_frame:
@@ -529,7 +534,7 @@ class VideoSource(MovieSource):
                 index += 1
                 while index > shot.end_frame:
                     shot = next(shot_iter)
-                    targets = shot_targets(shot, fps)
+                    targets = shot_targets(shot, fps, short_s)
                     picked_in_shot = 0
                 # Presentation time of this frame: correct for variable frame rate, unlike index/fps.
                 time_s = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
@@ -683,9 +688,10 @@ class FramesFolderSource(MovieSource):
         progress(Progress("shots", len(self.files), len(self.files), "frame"))
         return shots
 
-    def sample(self, shots: list[Shot], fps: float, progress: ProgressCallback) -> Iterator[SampledFrame]:
-        """Every frame of the folder, whatever `fps`: a frames folder is a sample of its film
-        already (a TRECVID dump keeps a few frames a shot), chosen by whoever made it."""
+    def sample(self, shots: list[Shot], fps: float, progress: ProgressCallback,
+               short_s: float = 0.0) -> Iterator[SampledFrame]:
+        """Every frame of the folder, whatever `fps` and `short_s`: a frames folder is a sample
+        of its film already (a TRECVID dump keeps a few frames a shot), chosen by whoever made it."""
         total = len(self.files)
         fps = max(fps, self.fps)
         for shot in shots:

@@ -128,3 +128,18 @@ def test_real_clips_get_the_shot_pass_s_shots_in_one_pass(clip: Path) -> None:
     shots, frames = _split(VideoSource(clip).stream(1.0, _no_progress))
     assert _shape(shots) == _shape(VideoSource(clip).shots(_no_progress))
     _check_samples(shots, frames, 1.0, 0.09)  # GoldenEye's frames (variable rate) are up to 83 ms apart
+
+
+def test_short_shots_can_be_sampled_once_in_their_middle(long_and_short: Path, tmp_path: Path) -> None:
+    shots, frames = _split(VideoSource(long_and_short).stream(1.0, _no_progress, short_s=0.5))
+    assert [f.frame_index for f in frames if f.shot_id == 1] == [5]  # the 0.3 s shot: the frame at its middle (0.15 s)
+    _, every = _split(VideoSource(long_and_short).stream(1.0, _no_progress))
+    assert [f.frame_index for f in frames if f.shot_id > 1] == [f.frame_index for f in every if f.shot_id > 1]
+    # A frames folder is a sample already: every frame of it, whatever the setting.
+    from core.sources import FramesFolderSource
+
+    from .media import make_frames_folder
+
+    folder = make_frames_folder(tmp_path / "frames", "film", {(1, 1): 2, (1, 2): 3})
+    _, kept = _split(FramesFolderSource(folder, fps=5.0).stream(1.0, _no_progress, short_s=5.0))
+    assert len(kept) == 5
