@@ -1,13 +1,14 @@
 """Indexing speed of an old pipeline (commit d976d54 unless --old) beside the new one (the working tree), and their MAP.
 
     HF_HUB_OFFLINE=1 YOLO_OFFLINE=1 .venv/bin/python benchmarks/bench_index.py [--shared ../shared] \
-        [--work /tmp/castfinder-bench] [--old REV] [--long [--long-old]] [--only old|new] [--no-quality] \
+        [--work /tmp/castfinder-bench] [--old REV] [--long [--long-old]] [--slow] [--only old|new] [--no-quality] \
         [--footage dev720|goldeneye] [--json OUT]
 
 Footage (built once with the ffmpeg of the `imageio-ffmpeg` package, then reused from --work):
 `dev720.mp4` is the Office, Supernatural and GoldenEye (10 s, variable frame rate) clips one after
 the other, each scaled to fit 1280×720 with black bars, 24 fps, x264 crf 20 (≈ 100 s);
-`long30.mp4` (--long) is dev720 looped to 30 minutes. `--footage goldeneye` indexes the raw 10 s
+`long30.mp4` (--long) is dev720 looped to 30 minutes; `slow720.mp4` (--slow) is Titanic and GoldenEye
+at 720p looped to 2 minutes, a film cut every 5 s. `--footage goldeneye` indexes the raw 10 s
 GoldenEye clip instead of dev720 (a smoke test; no ffmpeg needed).
 
 The old code is a detached git worktree of the old revision in <work>/old-<rev> (d976d54, the
@@ -50,6 +51,10 @@ DETECTOR = "person_yolov8s_falldet.pt"
 QUALITY_CLIPS = ("GoldenEye", "Titanic", "Office", "Supernatural")
 QUERY_AT_S = 52.0  # the dev720 frame used as a one-screenshot query (Supernatural, two people)
 DEV_CLIPS = ("office/office_edit.mp4", "supernatural/supernatural_edit.mp4", "goldeneye/goldeneye_10s_vfr.mp4")
+# A film cut at a drama's pace (5 s a shot, not the fan edits' 1.3 s): Titanic and GoldenEye at
+# 720p, looped to SLOW_S.
+SLOW_CLIPS = ("titanic/titanic_20s.mp4", "goldeneye/goldeneye_10s_vfr.mp4")
+SLOW_S = 120
 # The table's columns; the rest of the wall time is "other". "decode" is the main thread waiting for
 # frames in pipelines up to d976d54, and the reading thread's own busy time (beside the rest) after
 # it, whose main thread waits in "wait".
@@ -127,9 +132,9 @@ def footage(args: argparse.Namespace, data: Path, ffmpeg: str | None, why: str) 
     videos: list[tuple[Path, bool]] = []
     if args.footage == "goldeneye":
         videos.append((data / "goldeneye" / "goldeneye_10s_vfr.mp4", True))
-    if args.footage == "dev720" or args.long:
+    if args.footage == "dev720" or args.long or args.slow:
         if ffmpeg is None:
-            print(f"Skipping dev720.mp4{' and long30.mp4' if args.long else ''}: {why}\n")
+            print(f"Skipping the 720p reels: {why}\n")
             return videos
         dev = args.work / "dev720.mp4"
         if not dev.is_file():
@@ -137,6 +142,13 @@ def footage(args: argparse.Namespace, data: Path, ffmpeg: str | None, why: str) 
             make_720p(ffmpeg, [data / clip for clip in DEV_CLIPS], dev)
         if args.footage == "dev720":
             videos.append((dev, True))
+        if args.slow:
+            slow = args.work / "slow720.mp4"
+            if not slow.is_file():
+                print(f"building {slow} …", flush=True)
+                part = make_720p(ffmpeg, [data / clip for clip in SLOW_CLIPS], args.work / "slow720-once.mp4")
+                loop_to(ffmpeg, part, slow, SLOW_S)
+            videos.append((slow, True))
         if args.long:
             long = args.work / "long30.mp4"
             if not long.is_file():
@@ -441,6 +453,8 @@ def main() -> int:
     ap.add_argument("--footage", choices=("dev720", "goldeneye"), default="dev720",
                     help="dev720: the ≈100 s 720p development reel (default); goldeneye: the raw 10 s clip (smoke test)")
     ap.add_argument("--long", action="store_true", help="also index the 30-minute reel (new pipeline only)")
+    ap.add_argument("--slow", action="store_true",
+                    help=f"also index slow720.mp4, Titanic and GoldenEye at 720p looped to {SLOW_S} s (5 s a shot)")
     ap.add_argument("--long-old", action="store_true", help="with --long: the old pipeline indexes it too")
     ap.add_argument("--only", choices=("old", "new"), help="run one pipeline")
     ap.add_argument("--old", default=OLD_COMMIT, metavar="REV", help=f"the old pipeline's commit (default {OLD_COMMIT})")

@@ -423,6 +423,12 @@ class VideoSource(MovieSource):
             shots, decoded = self._editor_shots(progress)
         else:
             shots, decoded = self._scenedetect_shots(progress)
+        self.check_decoded(decoded)
+        self.duration_s = shots[-1].end_s
+        return shots
+
+    def check_decoded(self, decoded: int) -> None:
+        """Refuse a video that decoded to nothing, or to much less than its container promises."""
         if decoded == 0:
             raise BadInputError(f"{self.path.name}: no frame could be decoded.")
         if self.frame_count and decoded < _TRUNCATION_TOLERANCE * self.frame_count:
@@ -430,8 +436,6 @@ class VideoSource(MovieSource):
                 f"{self.path.name}: the video is truncated or damaged: only {decoded} of its "
                 f"{self.frame_count} frames could be decoded."
             )
-        self.duration_s = shots[-1].end_s
-        return shots
 
     def _editor_shots(self, progress: ProgressCallback) -> tuple[list[Shot], int]:
         detector = EditorCutDetector(fps=self.nominal_fps, threshold=self.threshold,

@@ -73,8 +73,10 @@ def test_indexing_a_video_builds_shots_thumbnails_and_a_manifest(engine: Engine,
     assert manifest["counts"]["crops_kept"] + report.duplicates_dropped == report.persons_detected
     assert {"torch", "transformers", "ultralytics", "python"} <= set(manifest["versions"])
     assert manifest["detector"]["model"] == "yolov8n.yaml" and manifest["settings"]["sample_fps"] == 4.0
-    # One pass over the video: no separate "finding shots" stage, film time from the start.
+    # One pass over the video: no separate "finding shots" stage, film time from the start; the
+    # reading thread's own time is reported beside the main thread's stages.
     assert {p.stage for p in seen} == {"index", "write"}
+    assert report.seconds["decode"] > 0 and "shots" not in report.seconds and manifest["seconds"]["detect"] > 0
     assert [p for p in seen if p.stage == "index"][0].total == pytest.approx(info.duration_s, abs=0.1)
     last = [p for p in seen if p.stage == "index"][-1]
     # Progress is film time done of the whole film, and the bar ends full.
