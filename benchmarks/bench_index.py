@@ -395,7 +395,7 @@ def _bytes(n: int) -> str:
 def print_speed(runs: list[IndexRun]) -> None:
     print("\n## Indexing speed\n")
     print("| pipeline | footage | duration | wall | × real time | frames sampled | people | crops kept | shots | "
-          "peak RSS | " + " | ".join(STAGES) + " | other |")
+          "peak RSS | " + " | ".join("shots pass" if st == "shots" else st for st in STAGES) + " | other |")
     print("|---|---|---|---|---|---|---|---|---|---|" + "---|" * (len(STAGES) + 1))
     for r in runs:
         rep = r.report

@@ -155,6 +155,14 @@ def video_source(**kw) -> Callable[[Clip], list[float]]:
     return run
 
 
+def one_pass(clip: Clip) -> list[float]:
+    """The shots as `castfinder index` finds them: one decode (core/onepass.py), shots and samples."""
+    from core.types import Shot
+
+    shots = [s for s in VideoSource(clip.path).stream(1.0, lambda _: None) if isinstance(s, Shot)]
+    return [s.start_s for s in shots[1:]]
+
+
 def scenedetect(make) -> Callable[[Clip], list[float]]:
     """A PySceneDetect detector built by `make()`, run the way core/sources.py runs them."""
     def run(clip: Clip) -> list[float]:
@@ -265,7 +273,9 @@ def configs(transnet: TransNetV2 | None) -> list[Config]:
         Config("content 27 + flash handling, 0.2 s", editor(threshold=27, ratio=0.0), "editor without the neighbour ratio"),
         Config("content 15 + flash handling, 0.2 s", editor(threshold=15, ratio=0.0), "editor without the neighbour ratio"),
         Config("editor without flash handling", editor(flashes=False), "ratio 2, floor 15, 0.2 s"),
-        Config("**new default: editor** (ratio 2, floor 15, 0.2 s, flashes)", video_source(), "core/sources.py defaults"),
+        Config("editor (ratio 2, floor 15, 0.2 s, flashes), shot pass", video_source(), "VideoSource.shots: OpenCV, frames shrunk"),
+        Config("**default: editor, one decode**", one_pass,
+               "as indexing reads: PyAV, small frames by swscale's area averaging, 1 fps sampled too"),
         Config("editor, floor 12", editor(threshold=12)),
         Config("editor, floor 20", editor(threshold=20)),
         Config("editor, floor 27", editor(threshold=27)),

@@ -8,7 +8,7 @@ stays on PyTorch and says so; on CUDA it stays on PyTorch.
 
 The export runs through `OpenVinoYolo`, this module's own few lines of letterboxing, decoding and NMS
 (the same as ultralytics' predictor, box for box), not through ultralytics' predictor: per frame that
-saves the predictor's torch round trips, a third of the detection time at 384 px, and a cached
+saves the predictor's torch round trips (a sixth of the detection time at 384 px), and a cached
 export loads without importing torch or ultralytics at all.
 
 Every frame is letterboxed to the smallest multiple of 32 that holds its long side, capped by

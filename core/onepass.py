@@ -4,7 +4,7 @@ Every frame is decoded once (PyAV, with the decoder's own frame threads) and con
 from YUV to a small BGR picture for the cut detector; the decoded frames wait in a short queue
 until the cuts around them are final, and only the frames chosen as samples are ever converted to
 full-size RGB. Before this, a video was decoded twice (once for its shots, once for its samples)
-and every frame converted to full-size BGR and shrunk: a third of the indexing work on 720p
+and every frame converted to full-size BGR and shrunk: a fifth of the indexing work on 720p
 (docs/PERFORMANCE.md).
 
 Sampling follows `sources.shot_targets`: a shot's first and last moments, evenly between no
@@ -16,7 +16,6 @@ sight the rest evenly up to its last moment.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -34,12 +33,13 @@ if TYPE_CHECKING:
 
     from .sources import VideoSource
 
-log = logging.getLogger(__name__)
 
 # How far past the oldest undecided frame the queue looks for the end of its shot, on top of the
 # cut detector's own lag; and the memory the queue may hold for it (decoded YUV frames).
 _AHEAD_S = 2.5
 _QUEUE_BYTES = 384 << 20
+
+
 def small_bgr(frame: "av.VideoFrame", width: int, height: int) -> np.ndarray:
     """The frame at width×height, BGR, straight from its YUV planes by swscale's area averaging:
     what the cut detector looks at. Shot boundaries on the development clips and on their
