@@ -204,9 +204,9 @@ class Settings(BaseSettings):
 
 
 def _gpu_driver_present() -> bool:
-    """Whether a GPU driver that torch could use (NVIDIA's, or ROCm's, which torch.cuda also
-    serves) may be loaded; torch.cuda.is_available() is never true on Linux without one. Elsewhere
-    torch is asked."""
+    """Whether a GPU driver that torch could use (NVIDIA's, WSL's GPU bridge, or ROCm's, which
+    torch.cuda also serves) may be loaded; torch.cuda.is_available() is never true on Linux without
+    one. Elsewhere torch is asked."""
     if not sys.platform.startswith("linux"):
         return True
-    return any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd"))
+    return any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd"))

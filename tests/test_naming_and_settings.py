@@ -75,3 +75,26 @@ def test_env_example_documents_every_setting() -> None:
     names = [*Settings.model_fields, *(n for n in BotSettings.model_fields if n != "bot_token")]
     missing = [f"CASTFINDER_{name.upper()}" for name in names if f"CASTFINDER_{name.upper()}=" not in text]
     assert not missing and "BOT_TOKEN=" in text
+
+
+def test_auto_device_is_the_cpu_without_importing_torch_when_no_gpu_driver_is_loaded(monkeypatch) -> None:
+    import subprocess
+    import sys
+
+    import core.settings
+
+    code = ("import sys; from core.settings import Settings, _gpu_driver_present\n"
+            "print(_gpu_driver_present(), Settings(_env_file=None).resolve_device(), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    driver, device, imported = out.stdout.split()
+    if driver == "True":
+        pytest.skip("this machine has a GPU driver")
+    assert (device, imported) == ("cpu", "False")
+    # With a driver present, torch is asked (and says whether CUDA works).
+    monkeypatch.setattr(core.settings, "_gpu_driver_present", lambda: True)
+    import torch
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert core.settings.Settings(_env_file=None).resolve_device() == expected
