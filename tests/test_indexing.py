@@ -336,3 +336,12 @@ def test_a_background_source_is_closed_when_its_reader_stops_early() -> None:
     assert next(reader) == 0
     reader.close()
     assert closed == [True]
+
+
+def test_each_model_loads_once_when_several_threads_ask_for_it(make_settings) -> None:
+    engine = Engine(make_settings(**RANDOM_YOLO), load_models=False)
+    model = engine.settings.dinov2_model
+    with ThreadPoolExecutor(4) as pool:
+        channels = list(pool.map(lambda _: engine.channel_for("dinov2", model), range(4)))
+        detectors = list(pool.map(lambda _: engine.detector, range(4)))
+    assert all(c is channels[0] for c in channels) and all(d is detectors[0] for d in detectors)
