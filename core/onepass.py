@@ -48,6 +48,13 @@ def small_bgr(frame: "av.VideoFrame", width: int, height: int) -> np.ndarray:
     return frame.to_ndarray(width=width, height=height, format="bgr24", interpolation="AREA")
 
 
+def upright(frame: "av.VideoFrame", picture: np.ndarray) -> np.ndarray:
+    """The frame's picture turned as its stream says to show it (a phone's portrait video is
+    stored on its side, with a rotation in its display matrix): as OpenCV's reader turns it."""
+    turns = round(getattr(frame, "rotation", 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(picture, turns)) if turns else picture
+
+
 def decoded_frames(path: Path, warnings: list[str]) -> Iterator[tuple[float, "av.VideoFrame"]]:
     """(presentation time in seconds from the stream's start, decoded frame) for every frame of
     the video's first video stream, in presentation order. Packets the decoder rejects are
@@ -174,7 +181,7 @@ def one_pass(source: "VideoSource", fps: float, after_shot: int = 0,
         if not sampler.wants(held.index, held.time_s) or sampler.id <= after_shot:
             return
         try:
-            rgb = held.frame.to_ndarray(format="rgb24")
+            rgb = upright(held.frame, held.frame.to_ndarray(format="rgb24"))
         except Exception as exc:  # noqa: BLE001 — PyAV/swscale raise several types for a broken frame
             source.warnings.append(f"frame {held.index} could not be converted ({exc}); skipped")
             return
@@ -192,7 +199,7 @@ def one_pass(source: "VideoSource", fps: float, after_shot: int = 0,
             small_h = max(1, round(frame.height * small_w / frame.width))
         if det.times and time_s > det.times[-1]:
             last_dt = time_s - det.times[-1]
-        det.push(small_bgr(frame, small_w, small_h), time_s)
+        det.push(upright(frame, small_bgr(frame, small_w, small_h)), time_s)
         queue.append(_Held(len(det) - 1, time_s, frame))
         cuts.extend(det.new_cuts())
         settled = det.settled()

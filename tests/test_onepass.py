@@ -143,3 +143,28 @@ def test_short_shots_can_be_sampled_once_in_their_middle(long_and_short: Path, t
     folder = make_frames_folder(tmp_path / "frames", "film", {(1, 1): 2, (1, 2): 3})
     _, kept = _split(FramesFolderSource(folder, fps=5.0).stream(1.0, _no_progress, short_s=5.0))
     assert len(kept) == 5
+
+
+@pytest.mark.parametrize("rotation", [90, 180, -90])
+def test_a_video_stored_on_its_side_is_sampled_upright_as_opencv_reads_it(tmp_path: Path, rotation: int) -> None:
+    import subprocess
+
+    import cv2
+
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    try:
+        ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError as exc:
+        pytest.skip(f"no ffmpeg binary: {exc}")
+    plain, turned = tmp_path / "plain.mp4", tmp_path / f"turned{rotation}.mp4"
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=160x96:rate=24:duration=2", "-c:v", "libx264", str(plain)], check=True)
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-display_rotation", str(rotation), "-i", str(plain),
+                    "-c", "copy", str(turned)], check=True)  # a phone's portrait video: same pixels, turned on display
+    _, frames = _split(VideoSource(turned).stream(1.0, _no_progress))
+    cap = cv2.VideoCapture(str(turned))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, frames[0].frame_index)
+    ok, bgr = cap.read()
+    assert ok and frames[0].image.shape == bgr.shape
+    assert frames[0].image.shape[:2] == ((96, 160) if rotation == 180 else (160, 96))
+    assert np.abs(frames[0].image.astype(int) - bgr[:, :, ::-1]).mean() < 2.0  # OpenCV's picture, RGB
