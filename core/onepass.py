@@ -57,7 +57,7 @@ def upright(frame: "av.VideoFrame", picture: np.ndarray) -> np.ndarray:
 
 def decoded_frames(path: Path, warnings: list[str]) -> Iterator[tuple[float, "av.VideoFrame"]]:
     """(presentation time in seconds from the stream's start, decoded frame) for every frame of
-    the video's first video stream, in presentation order. Packets the decoder rejects are
+    the video's main video stream, in presentation order. Packets the decoder rejects are
     skipped with a warning (a damaged stretch of the file)."""
     import av
 
@@ -66,9 +66,10 @@ def decoded_frames(path: Path, warnings: list[str]) -> Iterator[tuple[float, "av
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise BadInputError(f"{path.name}: not a video that can be read ({exc}).") from exc
     with container:
-        if not container.streams.video:
+        # The film's stream, as OpenCV's reader picks it (av_find_best_stream): not a cover picture.
+        stream = container.streams.best("video")
+        if stream is None:
             raise BadInputError(f"{path.name}: the file has no video stream.")
-        stream = container.streams.video[0]
         # The decoder's own frame threads. Measured on the 720p reel (docs/PERFORMANCE.md): one
         # decoder thread, or the reading thread at a lower priority, indexed no faster.
         stream.thread_type = "AUTO"
