@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from .errors import ModelNotFoundError
+from .tracks import nms
 
 log = logging.getLogger(__name__)
 
@@ -144,21 +145,6 @@ def letterbox(image: np.ndarray, size: int, *, pad_value: int = 114) -> tuple[np
     return padded, new_w / w, new_h / h, left, top
 
 
-def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_max: float, limit: int) -> np.ndarray:
-    """Greedy non-maximum suppression (as torchvision's nms): indices kept, best first."""
-    order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep: list[int] = []
-    while order.size and len(keep) < limit:
-        i, rest = order[0], order[1:]
-        keep.append(int(i))
-        w = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
-        h = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
-        inter = w * h
-        order = rest[inter / (areas[i] + areas[rest] - inter + 1e-9) <= iou_max]
-    return np.array(keep, dtype=np.int64)
-
-
 class OpenVinoYolo:
     """A YOLOv8-style OpenVINO export (ultralytics' exporter: one output, N×(4 + classes) rows of
     centre-size boxes and class scores) run directly: letterbox, infer, decode and NMS exactly as
@@ -172,7 +158,6 @@ class OpenVinoYolo:
         import yaml
         from openvino.preprocess import PrePostProcessor
 
-        self.folder = folder
         meta = yaml.safe_load((folder / "metadata.yaml").read_text()) or {}
         if meta.get("task", "detect") != "detect" or meta.get("end2end"):
             raise ValueError(f"{folder.name} is not a YOLO detection export ({meta.get('task')})")
@@ -213,7 +198,7 @@ class OpenVinoYolo:
         cx, cy, bw, bh = pred[keep, :4].T
         boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
         score = best[keep]
-        order = box_nms(boxes, score, self.iou, self.max_det)
+        order = nms(boxes, score, self.iou, self.max_det)
         boxes, score = boxes[order], score[order]
         boxes[:, [0, 2]] = np.clip((boxes[:, [0, 2]] - left) / gx, 0, w)
         boxes[:, [1, 3]] = np.clip((boxes[:, [1, 3]] - top) / gy, 0, h)

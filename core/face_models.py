@@ -19,6 +19,7 @@ import numpy as np
 from .embedders import l2_normalise
 from .errors import ModelNotFoundError
 from .faces import FaceHit  # one result type for every face encoder
+from .tracks import nms
 
 # InsightFace's ArcFace template for a 112×112 face (what EdgeFace was trained on).
 ARCFACE_TEMPLATE = np.array(
@@ -50,21 +51,6 @@ def _onnx_session(path: Path, what: str, setting: str, threads: int, model: byte
                                     providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own types for unreadable files
         raise ModelNotFoundError(what, str(path), setting, str(exc).splitlines()[0]) from exc
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_max: float) -> list[int]:
-    """Indices kept by greedy non-maximum suppression, best first."""
-    from .tracks import iou
-
-    order = list(np.argsort(-scores))
-    keep: list[int] = []
-    while order:
-        i = order.pop(0)
-        keep.append(i)
-        if order:
-            rest = np.array(order)
-            order = list(rest[iou(boxes[i : i + 1], boxes[rest])[0] <= iou_max])
-    return keep
 
 
 def _free_input_size(path: Path) -> bytes | None:
@@ -146,8 +132,8 @@ class ScrfdDetector:
         """(input width, height) for a w×h image and the scale that fits it in (see
         `frame_scale`), or at the `scale` given (a part of a frame, at the frame's scale)."""
         if not self.free_size:
-            return self.size, min(self.size[0] / w, self.size[1] / h) if scale is None else min(
-                scale, self.size[0] / w, self.size[1] / h)
+            fit = min(self.size[0] / w, self.size[1] / h)
+            return self.size, fit if scale is None else min(scale, fit)
         if scale is None:
             scale = self.frame_scale(w, h, upscale, max_side)
         cw, ch = (max(32, -(-round(v * scale) // 32) * 32) for v in (w, h))

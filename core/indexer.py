@@ -93,12 +93,11 @@ class _Timer:
 class _Pace:
     """Film time per second of work since this run started, and the time left at that pace."""
 
-    def __init__(self, start_s: float, total_s: float) -> None:
-        self.start_s, self.total_s = start_s, total_s
+    def __init__(self, start_s: float) -> None:
+        self.start_s = start_s
         self.t0 = time.perf_counter()
 
-    def message(self, film_s: float, kept: int, total_s: float | None = None) -> str:
-        total_s = self.total_s if total_s is None else total_s
+    def message(self, film_s: float, kept: int, total_s: float) -> str:
         elapsed = time.perf_counter() - self.t0
         done = film_s - self.start_s
         parts = [f"{format_ts(film_s, decimals=0)} of {format_ts(total_s, decimals=0)}", f"{kept} people kept"]
@@ -256,13 +255,13 @@ class Indexer:
         writing every shot after the checkpoint's; checkpoints the build at the first shot
         boundary after every `checkpoint_s` of film. Returns the film's shots and the counts."""
         s = self.settings
-        done = [Shot(**shot) for shot in checkpoint.shots if shot["id"] <= checkpoint.done_shot]
-        shots: list[Shot] = list(done)  # every shot of the film so far, in order
+        # Every shot of the film so far, in order.
+        shots = [Shot(**shot) for shot in checkpoint.shots if shot["id"] <= checkpoint.done_shot]
         ended: dict[int, Shot] = {}  # shots whose end the source has told, not yet written
         states: dict[int, _ShotState] = {}
         counts = {key: checkpoint.counts.get(key, 0) for key in _COUNTS}
         total_s = max(source.estimated_duration_s, checkpoint.film_s)
-        pace = _Pace(checkpoint.film_s, total_s)
+        pace = _Pace(checkpoint.film_s)
         last_checkpoint_s = checkpoint.film_s
 
         def finish_shot(state: _ShotState) -> None:

@@ -33,6 +33,18 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_max: float, limit: int | None = None) -> list[int]:
+    """Indices kept by greedy non-maximum suppression (as torchvision's nms), best first; at
+    most `limit` of them."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    keep: list[int] = []
+    while order.size and (limit is None or len(keep) < limit):
+        i, rest = int(order[0]), order[1:]
+        keep.append(i)
+        order = rest[iou(boxes[i : i + 1], boxes[rest])[0] <= iou_max]
+    return keep
+
+
 @dataclass
 class _Track:
     id: int
