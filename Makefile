@@ -1,10 +1,11 @@
 # `make run`: set up (first time) and start the Telegram bot.  `make test`: set up and run the tests.
+# `make lint`: ruff and mypy over the tree.
 PYTHON ?= python3
 VENV   ?= .venv
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test lint bench clean
 
 setup: $(STAMP)
 
@@ -12,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e ".[test,face]"
+	$(VENV)/bin/python -m pip install --quiet -e ".[test,face,lint]"
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -26,6 +27,11 @@ test: $(STAMP)
 	rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing on purpose" >&2; exit 1; fi; \
 	exit $$rc
+
+# ruff (pyflakes, pycodestyle, isort, bugbear) and mypy, as configured in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 YOLO_OFFLINE=1 $(VENV)/bin/python benchmarks/bench_core.py

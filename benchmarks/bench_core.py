@@ -128,7 +128,7 @@ def main() -> int:
     crops = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (256, 128, 3), dtype=np.uint8))
              for i in range(64)]
     embed_rates = {}
-    from core.embedders import make_embedder
+    from core.models.embedders import make_embedder
 
     for kind, name in (("dinov2", "DINOv2-small (384-d, 224 px)"), ("clip", "CLIP ViT-B/16 (512-d, 224 px)")):
         emb = make_embedder(kind, str(save_model(kind, work / f"full-{kind}", "full")), device="cpu", batch=32)

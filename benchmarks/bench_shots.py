@@ -43,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.sources import EditorCutDetector, VideoSource, _decoded  # noqa: E402
+from core.indexing.sources import EditorCutDetector, VideoSource, _decoded  # noqa: E402
 
 # GoldenEye's VFR clip has no ground-truth file; its cuts are given in the data README and checked
 # by tests/test_real_footage.py.

@@ -339,7 +339,7 @@ def _size(n: int | None) -> str:
 
 
 def cmd_models(args, settings) -> int:
-    from core import registry
+    from core.models import registry
 
     if args.models_dir is not None:
         settings = settings.model_copy(update={"models_dir": args.models_dir})

@@ -76,8 +76,14 @@ def add_parser(subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace, settings) -> int:
     from castfinder import cli
     from core import BadInputError, Engine, QueryImage
-    from core.evaluation import (DEFAULT_KS, collect_queries, load_ground_truth, mean_average_precision,
-                                 score_annotated, score_ranking)
+    from core.evaluation import (
+        DEFAULT_KS,
+        collect_queries,
+        load_ground_truth,
+        mean_average_precision,
+        score_annotated,
+        score_ranking,
+    )
     from core.versions import library_versions
 
     started = time.perf_counter()

@@ -17,15 +17,15 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .annotate import draw_people
-from .detector import PersonDetector
-from .channels import Channel, make_channel
 from .errors import AmbiguousMovieError, BadInputError, MovieNotFoundError
-from .images import ImageLike, QueryImage, crop, load_image
-from .indexer import Indexer
+from .indexing.indexer import Indexer
+from .models.channels import Channel, make_channel
+from .models.detector import PersonDetector
 from .naming import slugify
-from .fusion import fuse
-from .ranking import aggregate
+from .search.annotate import draw_people
+from .search.fusion import fuse
+from .search.images import ImageLike, QueryImage, crop, load_image
+from .search.ranking import aggregate
 from .settings import Settings
 from .store import MovieIndex, list_indexes, read_manifest, tidy_index_dir
 from .types import MovieInfo, Person, Progress, ProgressCallback, SearchResponse, ShotResult, no_progress
@@ -194,7 +194,7 @@ class Engine:
 
         `channels` restricts the search to some of the index's channels (default: all of them).
         With one channel, `aggregation` turns its hits into shot scores; with several, evidence
-        is fused per track (see core.fusion) and shots are ranked by calibrated confidence.
+        is fused per track (see core.search.fusion) and shots are ranked by calibrated confidence.
         """
         started = time.perf_counter()
         s = self.settings

@@ -47,7 +47,7 @@ class ShotResult:
     frame_s: float  # time of the best-matching person's frame
     bbox: BBox  # box of the best-matching person in that frame
     similarity: float  # best raw cosine similarity behind the result, whatever the aggregation
-    confidence: float  # calibrated probability that this is the queried person (core.calibration)
+    confidence: float  # calibrated probability that this is the queried person (core.search.calibration)
     low_confidence: bool  # confidence under the low-score setting: show it as a weak match
 
     def to_json(self) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,9 @@ import pytest
 from PIL import Image
 
 from core import Engine, ModelNotFoundError
-from core.calibration import Calibration, fit
-from core.channels import make_channel
-from core.tracks import ShotTracker
+from core.indexing.tracks import ShotTracker
+from core.models.channels import make_channel
+from core.search.calibration import Calibration, fit
 from tests.conftest import DATA, WEIGHTS, requires_shared
 
 OSNET = WEIGHTS / "osnet_x0_25_msmt17.onnx"
@@ -165,7 +164,7 @@ def test_a_face_match_lifts_the_whole_track() -> None:
     stranger whose body looks a bit more alike than the back view."""
     from types import SimpleNamespace
 
-    from core.fusion import fuse
+    from core.search.fusion import fuse
 
     calib = Calibration(0.0, 0.1)  # z = similarity / 0.1
     index = SimpleNamespace(

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from core import ModelNotFoundError
-from core.calibration import Calibration
-from core.channels import make_channel
-from core.face_models import ARCFACE_TEMPLATE, FaceBox, align, assign_faces
-from core.fusion import expand, fuse, score_units
+from core.models.channels import make_channel
+from core.models.face_models import ARCFACE_TEMPLATE, FaceBox, align, assign_faces
+from core.search.calibration import Calibration
+from core.search.fusion import expand, fuse, score_units
 from tests.conftest import DATA, WEIGHTS
 
 SCRFD = WEIGHTS / "scrfd_2.5g_kps.onnx"
@@ -113,7 +113,7 @@ def test_reid_0277_ranks_natalyas_crops_above_boriss(make_settings) -> None:
 
     channel = make_channel("reid", str(REID), make_settings(), "cpu")
     assert channel.dim == 256 and channel.kind == "body"
-    from core.detector import PersonDetector
+    from core.models.detector import PersonDetector
 
     detector = PersonDetector(str(PERSON_DETECTOR), classes=[0, 1], conf=0.35, imgsz=640, batch=4, min_px=16, device="cpu")
 
@@ -205,7 +205,7 @@ def test_a_face_detector_given_as_the_reid_model_is_refused_by_name(make_setting
 
 @needs_face_weights
 def test_scrfd_runs_a_wide_frame_at_its_own_shape_and_finds_the_same_faces() -> None:
-    from core.face_models import ScrfdDetector
+    from core.models.face_models import ScrfdDetector
 
     free = ScrfdDetector(SCRFD)
     square = ScrfdDetector(SCRFD)
@@ -228,8 +228,8 @@ def test_scrfd_runs_a_wide_frame_at_its_own_shape_and_finds_the_same_faces() -> 
 def test_faces_are_looked_for_around_the_heads_only_and_found_as_in_the_whole_frame(make_settings) -> None:
     import cv2
 
-    from core.detector import PersonDetector
-    from core.face_models import head_region
+    from core.models.detector import PersonDetector
+    from core.models.face_models import head_region
     from tests.conftest import PERSON_DETECTOR
 
     clip = DATA / "supernatural" / "supernatural_edit.mp4"

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from core import BadInputError
-from core.images import load_image
+from core.search.images import load_image
 
 
 def _jpeg(size=(64, 48)) -> bytes:

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import sqlite3
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 
 from core import AmbiguousMovieError, BadInputError, Engine, MovieNotFoundError, Progress
-from core.indexer import dedup_mask
+from core.indexing.indexer import dedup_mask
 from core.store import build_faiss, list_indexes, tidy_index_dir
 from tests.media import make_frames_folder, make_video
 
@@ -293,7 +292,7 @@ def test_stored_vectors_can_be_read_back_for_propagation(make_settings, video: P
 
 
 def test_a_shot_is_sampled_at_its_ends_and_middle_and_no_sparser_than_the_rate() -> None:
-    from core.sources import shot_targets
+    from core.indexing.sources import shot_targets
     from core.types import Shot
 
     long = Shot(1, 1, None, 0, 95, 10.0, 14.0)
@@ -321,7 +320,7 @@ def test_still_frames_are_skipped_before_detection(make_settings, tmp_path: Path
 
 
 def test_a_background_source_is_closed_when_its_reader_stops_early() -> None:
-    from core.sources import in_background
+    from core.indexing.sources import in_background
 
     closed = []
 

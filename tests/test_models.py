@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from core import ModelNotFoundError
-from core.detector import PersonDetector
-from core.embedders import ClipEmbedder, Dinov2Embedder, make_embedder
+from core.models.detector import PersonDetector
+from core.models.embedders import ClipEmbedder, Dinov2Embedder, make_embedder
 from tests.conftest import GOLDENEYE_FRAMES, PERSON_DETECTOR, requires_shared
 
 
@@ -125,7 +125,7 @@ def test_a_pt_detector_runs_through_openvino_on_the_cpu_and_finds_the_same_peopl
     ov_det = _detector(str(tiny_pt), conf=1e-4)  # auto on the CPU
     assert (torch_det.runtime, ov_det.runtime) == ("torch", "openvino")
     [exported] = _exports(tiny_pt.parent)  # beside the weights, named by their checksum
-    from core.registry import sha256_of
+    from core.models.registry import sha256_of
 
     assert exported == f"people-{sha256_of(tiny_pt)[:16]}_openvino_model"
     ours, theirs = ov_det.detect([image])[0], torch_det.detect([image])[0]
@@ -154,12 +154,12 @@ def test_changed_weights_are_exported_again_and_a_read_only_folder_uses_the_cach
 
 def test_a_failed_export_falls_back_to_pytorch_unless_openvino_was_asked_for(tiny_pt: Path, monkeypatch,
                                                                             caplog) -> None:
-    import core.detector
+    import core.models.detector
 
     def broken(weights: Path) -> Path:
         raise RuntimeError("converter crashed")
 
-    monkeypatch.setattr(core.detector, "openvino_export", broken)
+    monkeypatch.setattr(core.models.detector, "openvino_export", broken)
     with caplog.at_level("WARNING"):
         det = _detector(str(tiny_pt))
     assert det.runtime == "torch" and "stays on PyTorch" in caplog.text and "converter crashed" in caplog.text
@@ -171,7 +171,7 @@ def test_a_failed_export_falls_back_to_pytorch_unless_openvino_was_asked_for(tin
 
 
 def test_the_inference_size_follows_the_frame_up_to_the_cap() -> None:
-    from core.detector import inference_size
+    from core.models.detector import inference_size
 
     assert inference_size((240, 426, 3), 640) == 448  # a small frame is not blown up to 640
     assert inference_size((720, 1280, 3), 640) == 640
@@ -188,7 +188,7 @@ def test_a_cached_export_runs_without_torch_or_ultralytics(tiny_pt: Path, tmp_pa
     _detector(str(tiny_pt))  # exports once
     code = (
         "import sys, numpy as np\n"
-        "from core.detector import PersonDetector\n"
+        "from core.models.detector import PersonDetector\n"
         f"d = PersonDetector({str(tiny_pt)!r}, classes=[0], conf=0.01, imgsz=160, batch=2, min_px=1, device='cpu')\n"
         "d.detect([np.zeros((90, 160, 3), np.uint8)])\n"
         "print(d.runtime, 'torch' in sys.modules, 'ultralytics' in sys.modules)\n"
@@ -203,7 +203,7 @@ def test_a_cached_export_runs_without_torch_or_ultralytics(tiny_pt: Path, tmp_pa
 def test_the_real_detector_finds_the_boxes_ultralytics_finds_on_film_frames() -> None:
     from ultralytics import YOLO
 
-    from core.detector import cached_export, inference_size
+    from core.models.detector import cached_export, inference_size
 
     det = PersonDetector(str(PERSON_DETECTOR), classes=[0, 1], conf=0.35, imgsz=384, batch=8, min_px=1, device="cpu")
     assert det.runtime == "openvino"

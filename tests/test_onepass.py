@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from core.errors import BadInputError
-from core.onepass import one_pass
-from core.sources import EditorCutDetector, SampledFrame, VideoSource
+from core.indexing.onepass import one_pass
+from core.indexing.sources import EditorCutDetector, SampledFrame, VideoSource
 from core.types import Shot
 
 from .conftest import DATA, TITANIC, requires_shared
@@ -91,12 +91,12 @@ def test_a_resumed_pass_gives_every_shot_but_samples_only_the_rest(long_and_shor
 def test_the_video_is_decoded_once(long_and_short: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import cv2
 
-    import core.onepass
+    import core.indexing.onepass
 
     source = VideoSource(long_and_short)  # the container is probed here, before the pass
     calls = []
-    decode = core.onepass.decoded_frames
-    monkeypatch.setattr(core.onepass, "decoded_frames", lambda *a: calls.append(a) or decode(*a))
+    decode = core.indexing.onepass.decoded_frames
+    monkeypatch.setattr(core.indexing.onepass, "decoded_frames", lambda *a: calls.append(a) or decode(*a))
     monkeypatch.setattr(cv2, "VideoCapture", lambda *a: pytest.fail("a second reader was opened"))
     shots, frames = _split(one_pass(source, 1.0))
     assert len(calls) == 1 and len(shots) == 4 and frames
@@ -136,7 +136,7 @@ def test_short_shots_can_be_sampled_once_in_their_middle(long_and_short: Path, t
     _, every = _split(VideoSource(long_and_short).stream(1.0, _no_progress))
     assert [f.frame_index for f in frames if f.shot_id > 1] == [f.frame_index for f in every if f.shot_id > 1]
     # A frames folder is a sample already: every frame of it, whatever the setting.
-    from core.sources import FramesFolderSource
+    from core.indexing.sources import FramesFolderSource
 
     from .media import make_frames_folder
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core.ranking import aggregate
+from core.search.ranking import aggregate
 
 # Crops 0-1 belong to shot 10, crops 2-3 to shot 20, crop 4 to shot 30.
 CROP_SHOT = np.array([10, 10, 20, 20, 30])

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from castfinder.cli import main
-from core import ModelNotFoundError, Settings, registry
-from core.registry import Derivation, ModelFile, ModelSpec, models_dir, resolve_model
+from core import ModelNotFoundError, Settings
+from core.models import registry
+from core.models.registry import Derivation, ModelFile, ModelSpec, models_dir, resolve_model
 from tests.conftest import WEIGHTS
 
 SETTING = "CASTFINDER_FACE_DETECTOR"
@@ -358,7 +359,7 @@ def test_a_derived_model_is_converted_once_and_recorded(tmp_path, cache, server,
 
 
 def test_a_missing_convert_extra_says_what_to_install(tmp_path, cache, no_network, monkeypatch) -> None:
-    from core.convert import ConversionUnavailable
+    from core.models.convert import ConversionUnavailable
 
     def unavailable(source: Path, output: Path) -> None:
         raise ConversionUnavailable("converting needs timm: pip install 'castfinder[convert]'")

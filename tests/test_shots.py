@@ -14,7 +14,7 @@ import pytest
 
 from core import Settings
 from core.errors import BadInputError
-from core.sources import EditorCutDetector, VideoSource, open_source, scene_threshold
+from core.indexing.sources import EditorCutDetector, VideoSource, open_source, scene_threshold
 
 from .conftest import DATA, TITANIC, requires_shared
 

@@ -13,6 +13,7 @@ from ..services.limits import QueryQueue
 from ..services.storage import Storage
 from .replies import respond
 
+
 async def on_stats(message: Message, db: Storage, queue: QueryQueue, gateway: EngineGateway) -> None:
     usage = await db.stats()
     movies = len(await gateway.movies())

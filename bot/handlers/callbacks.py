@@ -13,6 +13,7 @@ from ..services.queries import QueryService
 from ..services.storage import Storage
 from ..services.telegram_io import ResultSender
 
+
 async def on_person_chosen(
     callback: CallbackQuery,
     callback_data: PersonChoice,

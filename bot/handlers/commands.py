@@ -13,6 +13,7 @@ from ..services.storage import Storage
 from ..settings import MAX_TOPK
 from .replies import respond
 
+
 async def on_help(message: Message, bot: Bot) -> None:
     me = await bot.me()
     await respond(message, texts.help_text(me.username))

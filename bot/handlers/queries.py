@@ -12,6 +12,7 @@ from ..middlewares.throttling import ENGINE_QUERY
 from ..services.queries import QueryRequest, QueryService
 from ..services.telegram_io import ImageRef, ReplyTarget, image_ref, looks_like_image
 
+
 async def on_screenshots(
     message: Message,
     bot: Bot,

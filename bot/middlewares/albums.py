@@ -14,8 +14,8 @@ from typing import Any, Callable, Protocol
 from aiogram import BaseMiddleware
 from aiogram.types import Message, TelegramObject
 
-from . import Handler
 from ..settings import ALBUM_MAX
+from . import Handler
 
 
 class Cancellable(Protocol):

@@ -12,8 +12,8 @@ from aiogram.types import ReplyParameters, TelegramObject, Update
 
 from core import CastfinderError
 
-from . import Handler
 from .. import texts
+from . import Handler
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from aiogram import BaseMiddleware
 from aiogram.dispatcher.flags import get_flag
 from aiogram.types import CallbackQuery, Message, ReplyParameters, TelegramObject
 
-from . import Handler
 from .. import texts
 from ..services.limits import RateLimiter
 from ..services.storage import QueryLogEntry, Storage
+from . import Handler
 
 log = logging.getLogger(__name__)
 

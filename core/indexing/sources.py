@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import BadInputError
-from .types import Progress, ProgressCallback, Shot
+from ..errors import BadInputError
+from ..types import Progress, ProgressCallback, Shot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,7 +82,7 @@ class MovieSource:
         Shots up to `after_shot` (done before a resumed run) are given but not sampled; a video
         shot no longer than `short_s` is sampled once (see shot_targets). Here the shots are
         found first, then sampled (a second pass); videos cut by the editor detector do both in
-        one decode (core.onepass)."""
+        one decode (core.indexing.onepass)."""
         shots = self.shots(progress)
         pending = deque(shots)
         for frame in self.sample([shot for shot in shots if shot.id > after_shot], fps, progress, short_s):

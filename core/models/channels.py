@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image
 
 from .embedders import Embedder, make_embedder
-from .errors import ModelNotFoundError
+from ..errors import ModelNotFoundError
 from .registry import resolve_model
-from .settings import BODY_CHANNELS, Settings, parse_face_spec
+from ..settings import BODY_CHANNELS, Settings, parse_face_spec
 
 
 @dataclass(frozen=True)

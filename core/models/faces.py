@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .embedders import l2_normalise
-from .errors import ModelNotFoundError
+from ..errors import ModelNotFoundError
 
 FACE_DIM = 128
 # Person crops smaller than this (short side) are upscaled before face detection: both detectors

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import ModelNotFoundError
+from ..errors import ModelNotFoundError
 
 log = logging.getLogger(__name__)
 

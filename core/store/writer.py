@@ -1,19 +1,5 @@
-"""On-disk indexes: `<index_dir>/<slug>/` holds
-
-- `manifest.json`: what was built, how, with which models; written last, so its presence with
-  `"complete": true` is what makes an index loadable;
-- `meta.sqlite`: shots and crops (every vector's shot, frame time, box, detection score);
-- `<channel>.faiss`: one FAISS index per embedding channel, vector ids = crop ids;
-- `thumbs/shot_<id>.jpg`: one thumbnail per shot.
-
-Indexes are built in a hidden sibling folder and swapped in with renames at the end, so an
-interrupted run leaves the previous index untouched and never a half index that loads. Vectors
-stream to raw files there (`vectors/<channel>.f32` and `.ids`), so memory does not grow with
-the film. Every few minutes of film the build folder is checkpointed (`checkpoint.json`, written
-after the database commit and the vector files' fsync): a run interrupted by Ctrl-C, kill -9 or
-a power cut resumes from the last checkpoint when the same source is indexed with the same
-settings (the folder's name and the checkpoint carry a key of both), and starts afresh otherwise.
-"""
+"""Writing an index: shots, crops and vectors stream into a hidden build folder, checkpointed
+as they go; `commit` builds the FAISS indexes and swaps the folder into place."""
 
 from __future__ import annotations
 
@@ -31,21 +17,20 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from .calibration import Calibration
-from .errors import BadInputError, IndexCorruptError
-from .types import MovieInfo, Shot
+from ..errors import BadInputError
+from ..types import Shot
+from .layout import BUILDING_PREFIX, CHECKPOINT, FORMAT_VERSION, MANIFEST, META, OLD_PREFIX, PID, THUMBS, VECTORS
+from .manifest import write_json_durably
+from .recovery import pid_alive, pid_of
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-MANIFEST = "manifest.json"
-META = "meta.sqlite"
-BUILDING_PREFIX = ".building-"
-CHECKPOINT = "checkpoint.json"
-VECTORS = "vectors"
-OLD_PREFIX = ".old-"
 HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
 IVF_MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points per list
+IVF_LISTS_PER_SQRT_N = 4  # nlist = 4·√n, the usual rule of thumb
+IVF_PROBE_FRACTION = 8  # nprobe = nlist / 8
+THUMB_JPEG_QUALITY = 85
 
 _SCHEMA = """
 CREATE TABLE shots (
@@ -93,19 +78,19 @@ def build_faiss(vectors: np.ndarray, ids: np.ndarray, kind: str) -> tuple[faiss.
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     if kind == "ivf":
-        nlist = int(min(4 * np.sqrt(max(n, 1)), n // IVF_MIN_POINTS_PER_LIST))
+        nlist = int(min(IVF_LISTS_PER_SQRT_N * np.sqrt(max(n, 1)), n // IVF_MIN_POINTS_PER_LIST))
         if nlist >= 2:
             quantizer = faiss.IndexFlatIP(dim)
             index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
             index.train(vectors)
             index.add_with_ids(vectors, ids)
-            index.nprobe = max(1, nlist // 8)
+            index.nprobe = max(1, nlist // IVF_PROBE_FRACTION)
             return index, "ivf"
         log.info("only %d vectors: too few for IVF, building a flat index", n)
         kind = "flat"
     if kind == "hnsw":
         base = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        base.hnsw.efConstruction = 80
+        base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     else:
         base = faiss.IndexFlatIP(dim)
     index = faiss.IndexIDMap2(base)
@@ -199,9 +184,9 @@ class IndexWriter:
         fresh = not self.tmp.exists()
         if fresh:
             self.tmp.mkdir()
-            (self.tmp / "thumbs").mkdir()
+            (self.tmp / THUMBS).mkdir()
             (self.tmp / VECTORS).mkdir()
-        (self.tmp / "pid").write_text(str(os.getpid()))
+        (self.tmp / PID).write_text(str(os.getpid()))
         self.db = sqlite3.connect(self.tmp / META)
         if fresh:
             self.db.executescript(_SCHEMA)
@@ -220,8 +205,8 @@ class IndexWriter:
         for entry in self.index_dir.glob(f"{BUILDING_PREFIX}{self.slug}-*"):
             if entry.name.rsplit("-", 1)[0] != f"{BUILDING_PREFIX}{self.slug}":
                 continue
-            pid = _pid_of(entry)
-            if pid is not None and pid != os.getpid() and _pid_alive(pid):
+            pid = pid_of(entry)
+            if pid is not None and pid != os.getpid() and pid_alive(pid):
                 if entry == self.tmp:
                     raise BadInputError(
                         f"This movie is already being indexed with these settings (process {pid}); "
@@ -251,13 +236,13 @@ class IndexWriter:
             file.sync()
         checkpoint.crops = self._next_crop
         checkpoint.vectors = {name: file.rows for name, file in self._files.items()}
-        _write_json_durably(self.tmp / CHECKPOINT, asdict(checkpoint))
+        write_json_durably(self.tmp / CHECKPOINT, asdict(checkpoint))
 
     def add_shot(self, shot: Shot, thumbnail: np.ndarray, thumb_frame_s: float, persons: int, thumb_px: int) -> None:
-        name = f"thumbs/shot_{shot.id:05d}.jpg"
+        name = f"{THUMBS}/shot_{shot.id:05d}.jpg"
         image = Image.fromarray(thumbnail)
         image.thumbnail((thumb_px, thumb_px), Image.Resampling.LANCZOS)
-        image.save(self.tmp / name, "JPEG", quality=85)
+        image.save(self.tmp / name, "JPEG", quality=THUMB_JPEG_QUALITY)
         self.db.execute(
             "INSERT INTO shots VALUES (?,?,?,?,?,?,?,?,?,?)",
             (shot.id, shot.number, shot.scene, shot.start_frame, shot.end_frame,
@@ -310,9 +295,9 @@ class IndexWriter:
         manifest = {**manifest, "format": FORMAT_VERSION, "complete": True, "channels": channels,
                     "slug": self.slug, "build_id": uuid.uuid4().hex,
                     "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        for leftover in ("pid", CHECKPOINT):
+        for leftover in (PID, CHECKPOINT):
             (self.tmp / leftover).unlink(missing_ok=True)
-        _write_json_durably(self.tmp / MANIFEST, manifest)
+        write_json_durably(self.tmp / MANIFEST, manifest)
         return self._swap_in()
 
     def _swap_in(self) -> Path:
@@ -336,174 +321,8 @@ class IndexWriter:
         for file in self._files.values():
             file.close()
         if self.key and (self.tmp / CHECKPOINT).is_file():
-            (self.tmp / "pid").unlink(missing_ok=True)
+            (self.tmp / PID).unlink(missing_ok=True)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _write_json_durably(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, ensure_ascii=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def tidy_index_dir(index_dir: Path) -> None:
-    """Undo what a crash can leave: an old index renamed aside but not replaced is put back;
-    building folders of processes that are gone are removed, unless they can be resumed."""
-    if not index_dir.is_dir():
-        return
-    for entry in index_dir.iterdir():
-        if entry.name.startswith(OLD_PREFIX):
-            slug = entry.name[len(OLD_PREFIX):].rsplit("-", 1)[0]
-            target = index_dir / slug
-            if not target.exists() and (entry / MANIFEST).is_file():
-                os.rename(entry, target)
-            else:
-                shutil.rmtree(entry, ignore_errors=True)
-        elif entry.name.startswith(BUILDING_PREFIX):
-            pid = _pid_of(entry)
-            # A stopped build with a checkpoint waits to be resumed by `castfinder index`.
-            if (pid is None or not _pid_alive(pid)) and not (entry / CHECKPOINT).is_file():
-                shutil.rmtree(entry, ignore_errors=True)
-
-
-def _pid_of(folder: Path) -> int | None:
-    try:
-        return int((folder / "pid").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_manifest(path: Path) -> dict | None:
-    """The manifest of a complete index, or None when `path` is not one."""
-    try:
-        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("complete") is not True or data.get("format") != FORMAT_VERSION:
-        return None
-    return data
-
-
-def movie_info(path: Path, manifest: dict) -> MovieInfo:
-    channel = manifest["embedder"]
-    spec = manifest["channels"][channel]
-    counts = manifest.get("counts", {})
-    return MovieInfo(
-        slug=manifest["slug"],
-        name=manifest["name"],
-        path=path,
-        duration_s=float(manifest.get("duration_s", 0.0)),
-        shots=int(counts.get("shots", 0)),
-        frames=int(counts.get("frames_sampled", 0)),
-        vectors=int(spec.get("vectors", 0)),
-        embedder=channel,
-        embedder_model=spec.get("model", ""),
-        dim=int(spec["dim"]),
-        source=manifest.get("source", {}).get("path", ""),
-        channels=tuple(manifest["channels"]),
-        built_at=manifest.get("built_at", ""),
-        build_id=manifest["build_id"],
-    )
-
-
-def list_indexes(index_dir: Path) -> list[MovieInfo]:
-    if not index_dir.is_dir():
-        return []
-    found = []
-    for entry in sorted(index_dir.iterdir()):
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        manifest = read_manifest(entry)
-        if manifest is None:
-            continue
-        try:
-            found.append(movie_info(entry, manifest))
-        except (KeyError, TypeError, ValueError):
-            log.warning("skipping %s: its manifest is malformed", entry)
-    return found
-
-
-class MovieIndex:
-    """A loaded, read-only index: FAISS in memory and crop metadata as numpy arrays.
-    Safe to search from several threads at once."""
-
-    def __init__(self, path: Path) -> None:
-        manifest = read_manifest(path)
-        if manifest is None:
-            raise IndexCorruptError(f"{path} is not a complete index; rebuild it with `castfinder index`.")
-        self.path = path
-        self.manifest = manifest
-        try:
-            self.info = movie_info(path, manifest)
-            self.faiss: dict[str, faiss.Index] = {}
-            self.calibration: dict[str, Calibration] = {}
-            for channel, spec in manifest["channels"].items():
-                data = np.fromfile(path / spec["file"], dtype=np.uint8)
-                self.faiss[channel] = faiss.deserialize_index(data)
-                if isinstance(faiss.downcast_index(self.faiss[channel]), faiss.IndexIVF):
-                    # Propagation reads stored vectors back by crop id.
-                    faiss.extract_index_ivf(self.faiss[channel]).set_direct_map_type(faiss.DirectMap.Hashtable)
-                self.calibration[channel] = Calibration.from_json(spec.get("calibration"))
-            self._load_meta(path / META)
-        except (OSError, KeyError, RuntimeError, sqlite3.Error, ValueError) as exc:
-            raise IndexCorruptError(
-                f"The index of {manifest.get('name', path.name)!r} is damaged ({exc}); rebuild it with `castfinder index`."
-            ) from exc
-
-    def _load_meta(self, db_path: Path) -> None:
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        try:
-            self.shots: dict[int, Shot] = {}
-            self.thumbnails: dict[int, Path] = {}
-            for row in db.execute(
-                "SELECT id, number, scene, start_frame, end_frame, start_s, end_s, thumbnail FROM shots ORDER BY id"
-            ):
-                shot = Shot(*row[:7])
-                self.shots[shot.id] = shot
-                self.thumbnails[shot.id] = (self.path / row[7]).resolve()
-            rows = db.execute("SELECT id, shot_id, frame_s, x1, y1, x2, y2, track_id FROM crops ORDER BY id").fetchall()
-            faces = db.execute("SELECT crop_id, x1, y1, x2, y2 FROM faces").fetchall()
-        finally:
-            db.close()
-        table = np.asarray(rows, dtype=np.float64).reshape(-1, 8)
-        if len(table) and not np.array_equal(table[:, 0], np.arange(len(table))):
-            raise ValueError("crop ids are not contiguous")
-        self.crop_shot = table[:, 1].astype(np.int64)
-        self.crop_time = table[:, 2]
-        self.crop_bbox = table[:, 3:7]
-        self.crop_track = table[:, 7].astype(np.int64)
-        self.face_box = {int(r[0]): tuple(r[1:]) for r in faces}
-
-    def vectors(self, channel: str, crop_ids: np.ndarray) -> np.ndarray | None:
-        """The stored vectors of some crops (FAISS ids), or None where the index cannot give them back."""
-        index = self.faiss[channel]
-        try:
-            return np.stack([index.reconstruct(int(i)) for i in crop_ids]).astype(np.float32)
-        except RuntimeError:  # an IVF index without a direct map, or an id the channel lacks
-            return None
-
-    def search(self, channel: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        index = self.faiss[channel]
-        k = max(1, min(k, index.ntotal))
-        if index.ntotal == 0:
-            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-        if isinstance(base, faiss.IndexHNSWFlat):
-            # A per-call parameter object keeps concurrent searches from racing on efSearch.
-            params = faiss.SearchParametersHNSW(efSearch=max(k, 64))
-            return index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
-        return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Union
 
-from .errors import ModelNotFoundError
+from ..errors import ModelNotFoundError
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ _REGISTRY_ENTRIES: tuple[ModelSpec, ...] = (
                 f"https://raw.githubusercontent.com/yayoimizuha/face_recognition_train/{_EDGEFACE_COMMIT}"
                 "/checkpoints/edgeface_xs_q.pt",
             ), "a31314377876ab9fa2a75e5638bc528efe79fd17d5c9c0a228fb7f846d7581a6", 2_993_451),
-            converter="core.convert:edgeface_to_onnx",
+            converter="core.models.convert:edgeface_to_onnx",
             note="int8 Linear weights dequantized to float32, exported to ONNX opset 17 (needs the convert extra)",
         ),
         licence="code BSD-3-Clause; weights trained on WebFace (research only), treat as non-commercial",

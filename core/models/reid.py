@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .embedders import Embedder, l2_normalise
-from .errors import ModelNotFoundError
+from ..errors import ModelNotFoundError
 
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

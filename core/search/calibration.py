@@ -94,7 +94,7 @@ def fit(vectors: np.ndarray, frames: np.ndarray, boxes: np.ndarray, shots: np.nd
 
 def _side_by_side(vectors: np.ndarray, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Similarities of pairs of crops from the same frame whose boxes do not overlap."""
-    from .tracks import iou
+    from ..geometry import iou
 
     order = np.argsort(frames, kind="stable")
     bounds = np.flatnonzero(np.diff(frames[order])) + 1

@@ -11,8 +11,9 @@ from typing import Literal, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import BadInputError
-from .types import Person
+from ..errors import BadInputError
+from ..geometry import Box, crop_box
+from ..types import Person
 
 try:  # iPhone photos are HEIC; registering here also stops ultralytics from pip-installing it
     from pi_heif import register_heif_opener
@@ -99,8 +100,6 @@ def _label(source: ImageLike) -> str:
     return "image"
 
 
-def crop(image: Image.Image, bbox: tuple[float, float, float, float]) -> Image.Image:
-    x1, y1, x2, y2 = (int(round(v)) for v in bbox)
-    x1, y1 = max(0, x1), max(0, y1)
-    x2, y2 = min(image.width, max(x2, x1 + 1)), min(image.height, max(y2, y1 + 1))
-    return image.crop((x1, y1, x2, y2))
+def crop(image: Image.Image, bbox: Box) -> Image.Image:
+    """A person's crop, cut by the same rule as at index time (`geometry.crop_box`)."""
+    return image.crop(crop_box(bbox, image.width, image.height))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-from concurrent.futures import Future
+import json
 import logging
 import re
 import time
+from concurrent.futures import Future
 from contextlib import contextmanager
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -18,18 +18,18 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from . import calibration
-from .channels import Channel
-from .detector import PersonDetector
-from .errors import BadInputError
-from .naming import clean_name, slugify
-from .settings import Settings
+from ..errors import BadInputError
+from ..geometry import crop_box
+from ..models.channels import Channel
+from ..models.detector import PersonDetector
+from ..naming import clean_name, format_ts, slugify
+from ..search import calibration
+from ..settings import Settings
+from ..store import FORMAT_VERSION, Checkpoint, CropRow, IndexWriter, movie_info, read_manifest, tidy_index_dir
+from ..types import IndexReport, Progress, ProgressCallback, Shot
+from ..versions import library_versions
 from .sources import MovieSource, SampledFrame, in_background, open_source, scene_threshold
-from .store import FORMAT_VERSION, Checkpoint, CropRow, IndexWriter, movie_info, read_manifest, tidy_index_dir
 from .tracks import ShotTracker
-from .naming import format_ts
-from .types import IndexReport, Progress, ProgressCallback, Shot
-from .versions import library_versions
 
 log = logging.getLogger(__name__)
 
@@ -375,8 +375,7 @@ class Indexer:
             state.counts["persons_detected"] += len(dets)
             image = Image.fromarray(frame.image)
             for det in dets:
-                x1, y1, x2, y2 = det.bbox
-                crops.append(image.crop((int(x1), int(y1), int(np.ceil(x2)), int(np.ceil(y2)))))
+                crops.append(image.crop(crop_box(det.bbox, image.width, image.height)))
                 rows.append(CropRow(frame.shot_id, frame.frame_index, frame.time_s, det.bbox, det.score))
         if crops:
             keep = self._embed_and_store(batch, detections, crops, rows, states, writer, timer)

@@ -81,9 +81,9 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BadInputError
-from .naming import slugify
-from .types import Shot
+from ..errors import BadInputError
+from ..naming import slugify
+from ..types import Shot
 
 DEFAULT_KS = (5, 10, 20)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".heic"})

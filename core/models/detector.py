@@ -32,8 +32,8 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from .errors import ModelNotFoundError
-from .tracks import nms
+from ..errors import ModelNotFoundError
+from ..geometry import nms
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The unit of evidence is a person: a track (one person's detections across a shot's sampled
 frames) or, without tracks, a single crop. For each unit and channel, the best similarity to any
-query crop is turned into a calibrated logit (core.calibration); a unit's fused logit is the
+query crop is turned into a calibrated logit (core.search.calibration); a unit's fused logit is the
 weighted mean over the channels that can speak for it: body channels always, the face channel
 when the query and the unit both show a face. A face seen once in a track thus counts for the
 track's back views and blurred frames too. A shot scores its best unit.
@@ -25,8 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..store import MovieIndex
 from .calibration import sigmoid
-from .store import MovieIndex
 
 Hits = dict[str, tuple[np.ndarray, np.ndarray]]  # channel -> (similarities, crop ids), one row per query crop
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .types import Person
+from ..types import Person
 
 _COLOURS = ["#ff3b30", "#34c759", "#007aff", "#ff9500", "#af52de", "#5ac8fa", "#ffcc00", "#ff2d55"]
 

@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 
 from .embedders import l2_normalise
-from .errors import ModelNotFoundError
+from ..errors import ModelNotFoundError
 from .faces import FaceHit  # one result type for every face encoder
-from .tracks import nms
+from ..geometry import nms
 
 # InsightFace's ArcFace template for a 112×112 face (what EdgeFace was trained on).
 ARCFACE_TEMPLATE = np.array(

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from .errors import BadInputError
+from ..errors import BadInputError
+from ..types import Shot
 from .sources import _EDGE_S, EditorCutDetector, SampledFrame, shot_targets
-from .types import Shot
 
 if TYPE_CHECKING:
     import av

@@ -13,36 +13,14 @@ from typing import Iterator
 
 import numpy as np
 
+from ..geometry import iou
+
 # A track survives this many sampled frames without a detection (occlusion, a missed box).
 _MAX_GAP = 2
 # Appearance alone may link boxes that moved a lot between sampled frames ...
 _APPEARANCE_ONLY = 0.85
 # ... and overlapping boxes must still look alike, so two people crossing are not merged.
 _APPEARANCE_MIN = 0.5
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boxes a (n×4) and b (m×4)."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_max: float, limit: int | None = None) -> list[int]:
-    """Indices kept by greedy non-maximum suppression (as torchvision's nms), best first; at
-    most `limit` of them."""
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    keep: list[int] = []
-    while order.size and (limit is None or len(keep) < limit):
-        i, rest = int(order[0]), order[1:]
-        keep.append(i)
-        order = rest[iou(boxes[i : i + 1], boxes[rest])[0] <= iou_max]
-    return keep
 
 
 @dataclass

@@ -1,0 +1,28 @@
+"""On-disk indexes: `<index_dir>/<slug>/` holds
+
+- `manifest.json`: what was built, how, with which models; written last, so its presence with
+  `"complete": true` is what makes an index loadable;
+- `meta.sqlite`: shots and crops (every vector's shot, frame time, box, detection score);
+- `<channel>.faiss`: one FAISS index per embedding channel, vector ids = crop ids;
+- `thumbs/shot_<id>.jpg`: one thumbnail per shot.
+
+Indexes are built in a hidden sibling folder and swapped in with renames at the end, so an
+interrupted run leaves the previous index untouched and never a half index that loads. Vectors
+stream to raw files there (`vectors/<channel>.f32` and `.ids`), so memory does not grow with
+the film. Every few minutes of film the build folder is checkpointed (`checkpoint.json`, written
+after the database commit and the vector files' fsync): a run interrupted by Ctrl-C, kill -9 or
+a power cut resumes from the last checkpoint when the same source is indexed with the same
+settings (the folder's name and the checkpoint carry a key of both), and starts afresh otherwise.
+"""
+
+from .layout import BUILDING_PREFIX, CHECKPOINT, FORMAT_VERSION, MANIFEST, META, OLD_PREFIX, VECTORS
+from .manifest import movie_info, read_manifest
+from .reader import MovieIndex, list_indexes
+from .recovery import tidy_index_dir
+from .writer import Checkpoint, CropRow, IndexWriter, build_faiss
+
+__all__ = [
+    "BUILDING_PREFIX", "CHECKPOINT", "Checkpoint", "CropRow", "FORMAT_VERSION", "IndexWriter", "MANIFEST", "META",
+    "MovieIndex", "OLD_PREFIX", "VECTORS", "build_faiss", "list_indexes", "movie_info", "read_manifest",
+    "tidy_index_dir",
+]
