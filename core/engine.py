@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from .errors import AmbiguousMovieError, BadInputError, MovieNotFoundError
 from .indexing.indexer import Indexer
@@ -23,14 +24,32 @@ from .models.channels import Channel, make_channel
 from .models.detector import PersonDetector
 from .naming import slugify
 from .search.annotate import draw_people
-from .search.fusion import fuse
-from .search.images import ImageLike, QueryImage, crop, load_image
+from .search.fusion import Hits, fuse
+from .search.images import ImageLike, QueryImage, Selection, crop, load_image
 from .search.ranking import aggregate
 from .settings import Settings
 from .store import MovieIndex, list_indexes, read_manifest, tidy_index_dir
-from .types import MovieInfo, Person, Progress, ProgressCallback, SearchResponse, ShotResult, no_progress
+from .types import (
+    IndexReport,
+    MovieInfo,
+    Person,
+    Progress,
+    ProgressCallback,
+    RankedShot,
+    SearchResponse,
+    ShotResult,
+    no_progress,
+)
 
 log = logging.getLogger(__name__)
+
+# Fuzzy movie names (`match_movies`): a query found inside a name scores at least this, more the
+# more of the name it covers ...
+_SUBSTRING_FLOOR = 0.75
+# ... one word of the name that matches counts a little less than the whole name matching ...
+_WORD_WEIGHT = 0.9
+# ... and names under this score are not suggested.
+_MATCH_MIN = 0.5
 
 
 class Engine:
@@ -121,10 +140,10 @@ class Engine:
             name = m.name.casefold()
             ratio = difflib.SequenceMatcher(None, q, name).ratio()
             if q and q in name:
-                ratio = max(ratio, 0.75 + 0.25 * len(q) / max(len(name), 1))
+                ratio = max(ratio, _SUBSTRING_FLOOR + (1 - _SUBSTRING_FLOOR) * len(q) / max(len(name), 1))
             words = [difflib.SequenceMatcher(None, q, w).ratio() for w in name.split()]
-            ratio = max(ratio, 0.9 * max(words, default=0.0))
-            if ratio >= 0.5:
+            ratio = max(ratio, _WORD_WEIGHT * max(words, default=0.0))
+            if ratio >= _MATCH_MIN:
                 scored.append((ratio, m))
         scored.sort(key=lambda t: (-t[0], t[1].name))
         return [m for _, m in scored[:limit]]
@@ -147,9 +166,9 @@ class Engine:
         return index
 
     # -- offline --------------------------------------------------------------------------
-    def index(self, source: Path | str, movie: str, progress: ProgressCallback = no_progress):
+    def index(self, source: Path | str, movie: str, progress: ProgressCallback = no_progress) -> IndexReport:
         """Build (or rebuild) the index of `movie` from a video file or a frames folder."""
-        def load():
+        def load() -> tuple[PersonDetector, list[Channel]]:
             return self.detector, [self.channel_for(name, self.settings.model_for(name))
                                    for name in self.settings.index_channels()]
 
@@ -162,12 +181,14 @@ class Engine:
         return report
 
     # -- online ---------------------------------------------------------------------------
-    def load_image(self, image: ImageLike):
+    def load_image(self, image: ImageLike) -> Image.Image:
         return load_image(image, max_pixels=self.settings.max_image_pixels, max_side=self.settings.max_query_side)
 
     def find_people(self, image: ImageLike) -> list[Person]:
         """People in a query image, numbered left to right (as drawn by `annotate_people`)."""
-        img = self.load_image(image)
+        return self._people_in(self.load_image(image))
+
+    def _people_in(self, img: Image.Image) -> list[Person]:
         dets = self.detector.detect([np.asarray(img)])[0]
         area = float(img.width * img.height)
         ordered = sorted(dets, key=lambda d: (d.bbox[0], d.bbox[1]))
@@ -195,21 +216,48 @@ class Engine:
         `channels` restricts the search to some of the index's channels (default: all of them).
         With one channel, `aggregation` turns its hits into shot scores; with several, evidence
         is fused per track (see core.search.fusion) and shots are ranked by calibrated confidence.
+        The response's `speed` holds the seconds of each stage: people, embed, search, rank.
         """
         started = time.perf_counter()
-        s = self.settings
-        method = aggregation or s.aggregation
+        method = aggregation or self.settings.aggregation
         if top < 1:
             raise BadInputError("--top must be at least 1.")
         index = self.open_index(movie)
-        queries = [q if isinstance(q, QueryImage) else QueryImage(q) for q in queries]
-        if not queries:
+        wanted = [q if isinstance(q, QueryImage) else QueryImage(q) for q in queries]
+        if not wanted:
             raise BadInputError("Give at least one query image.")
+        use = _pick_channels(index.info.channels, channels)
+        if len(use) > 1 and method != "max":
+            raise BadInputError(
+                f"{method} aggregation works on one channel; with several ({', '.join(use)}) evidence "
+                "is fused per person. Use --aggregation max, or choose one channel with --channels."
+            )
+        speed = dict.fromkeys(_SEARCH_STAGES, 0.0)
+        clock = time.perf_counter()
+        crops, whole = self._query_crops(wanted, progress)
+        speed["people"] = time.perf_counter() - clock
+        progress(Progress("search", 0, 1, "step"))
+        hits = self._hits(index, use, crops, speed)
+        clock = time.perf_counter()
+        ranked = self._rank(index, hits, use, method)
+        results = self._results(index, ranked[:top])
+        speed["rank"] = time.perf_counter() - clock
+        progress(Progress("search", 1, 1, "step"))
+        return SearchResponse(
+            movie=index.info.name, slug=index.info.slug, results=results, query_crops=len(crops),
+            whole_image_queries=whole, aggregation=method, elapsed_s=time.perf_counter() - started,
+            speed=speed,
+        )
+
+    def _query_crops(self, queries: list[QueryImage], progress: ProgressCallback) -> tuple[list[Image.Image], int]:
+        """Each query image decoded once, cut into the crops of the people chosen in it; an image
+        in which nobody was found is searched whole. Returns the crops and how many were whole."""
         progress(Progress("people", 0, len(queries), "image"))
-        crops, whole = [], 0
+        crops: list[Image.Image] = []
+        whole = 0
         for n, q in enumerate(queries, start=1):
             img = self.load_image(q.image)
-            people = list(q.people) if q.people is not None else self.find_people(img)
+            people = list(q.people) if q.people is not None else self._people_in(img)
             chosen = _select(people, q.select, q.name or f"image {n}")
             if chosen:
                 crops.extend(crop(img, p.bbox) for p in chosen)
@@ -217,45 +265,53 @@ class Engine:
                 crops.append(img)  # nobody found: the whole screenshot is the query
                 whole += 1
             progress(Progress("people", n, len(queries), "image"))
-        use = _pick_channels(index.info.channels, channels)
-        progress(Progress("search", 0, 1, "step"))
-        hits = {}
+        return crops, whole
+
+    def _hits(self, index: MovieIndex, use: list[str], crops: list[Image.Image], speed: dict[str, float]) -> Hits:
+        """Per channel, the FAISS hits of the crops' vectors (one row per crop); adds the seconds
+        spent embedding and searching to `speed`."""
+        hits: Hits = {}
         for name in use:
-            channel = self.channel_for(name, index.manifest["channels"][name]["model"])
-            encoded = channel.encode(crops)
-            sims, ids = index.search(name, encoded.vectors, s.search_k)
-            hits[name] = (sims, ids)
+            clock = time.perf_counter()
+            encoded = self.channel_for(name, index.manifest["channels"][name]["model"]).encode(crops)
+            speed["embed"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            hits[name] = index.search(name, encoded.vectors, self.settings.search_k)
+            speed["search"] += time.perf_counter() - clock
+        return hits
+
+    def _rank(self, index: MovieIndex, hits: Hits, use: list[str], method: str) -> list[RankedShot]:
+        """Shots best first: one channel's hits aggregated by `method`, or several channels fused."""
+        s = self.settings
         if len(use) == 1:
             sims, ids = hits[use[0]]
             calib = index.calibration[use[0]]
-            ranked = [(h.shot_id, h.score, h.similarity, h.best_crop, float(calib.confidence(h.similarity)))
-                      for h in aggregate(sims, ids, index.crop_shot, method, rrf_k=s.rrf_k,
-                                         count_from=calib.similarity_at(s.low_score))]
-        else:
-            if method != "max":
-                raise BadInputError(
-                    f"{method} aggregation works on one channel; with several ({', '.join(use)}) evidence "
-                    "is fused per person. Use --aggregation max, or choose one channel with --channels."
-                )
-            propagate = (lambda ch, vecs: index.search(ch, vecs, s.search_k)) if s.expand else None
-            ranked = [(f.shot_id, f.confidence, f.similarity, f.best_crop, f.confidence)
-                      for f in fuse(index, hits, use_tracks=s.tracks, expand_with=propagate)]
+            return aggregate(sims, ids, index.crop_shot, method, rrf_k=s.rrf_k,
+                             count_from=calib.similarity_at(s.low_score),
+                             confidence=lambda sim: float(calib.confidence(sim)))
+
+        def propagate(channel: str, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return index.search(channel, vectors, s.search_k)
+
+        return fuse(index, hits, use_tracks=s.tracks, expand_with=propagate if s.expand else None)
+
+    def _results(self, index: MovieIndex, ranked: list[RankedShot]) -> list[ShotResult]:
         results = []
-        for rank, (shot_id, score, similarity, best_crop, confidence) in enumerate(ranked[:top], start=1):
-            shot = index.shots[shot_id]
+        for rank, r in enumerate(ranked, start=1):
+            shot = index.shots[r.shot_id]
+            x1, y1, x2, y2 = (float(v) for v in index.crop_bbox[r.best_crop])
             results.append(ShotResult(
                 rank=rank, shot=shot.number, shot_id=shot.id, scene=shot.scene,
-                start_s=shot.start_s, end_s=shot.end_s, score=score,
+                start_s=shot.start_s, end_s=shot.end_s, score=r.score,
                 thumbnail=str(index.thumbnails[shot.id]),
-                frame_s=float(index.crop_time[best_crop]),
-                bbox=tuple(float(v) for v in index.crop_bbox[best_crop]),
-                similarity=similarity, confidence=confidence, low_confidence=confidence < s.low_score,
+                frame_s=float(index.crop_time[r.best_crop]), bbox=(x1, y1, x2, y2),
+                similarity=r.similarity, confidence=r.confidence,
+                low_confidence=r.confidence < self.settings.low_score,
             ))
-        progress(Progress("search", 1, 1, "step"))
-        return SearchResponse(
-            movie=index.info.name, slug=index.info.slug, results=results, query_crops=len(crops),
-            whole_image_queries=whole, aggregation=method, elapsed_s=time.perf_counter() - started,
-        )
+        return results
+
+
+_SEARCH_STAGES = ("people", "embed", "search", "rank")
 
 
 def _pick_channels(available: Sequence[str], wanted: Sequence[str] | None) -> list[str]:
@@ -270,7 +326,7 @@ def _pick_channels(available: Sequence[str], wanted: Sequence[str] | None) -> li
     return list(dict.fromkeys(wanted))
 
 
-def _select(people: list[Person], select, label: str) -> list[Person]:
+def _select(people: list[Person], select: Selection, label: str) -> list[Person]:
     if not people and select in ("main", "all"):
         return []
     if select == "all":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 BBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the source frame
 
@@ -32,6 +32,19 @@ class Person:
     bbox: BBox
     score: float
     area_fraction: float
+
+
+@dataclass(frozen=True)
+class RankedShot:
+    """One shot in a ranking, best first: what one channel's aggregation (`search.ranking`) and
+    the fusion of several channels (`search.fusion`) both return, before it becomes a
+    `ShotResult` for users."""
+
+    shot_id: int  # Shot.id
+    score: float  # what the ranking is ordered by: the aggregation's score, or the fused confidence
+    similarity: float  # best raw cosine similarity behind the shot (0 where only propagation spoke)
+    best_crop: int  # the crop that shows the person in the shot (its frame time and box)
+    confidence: float  # calibrated probability that this is the queried person
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,9 @@ class SearchResponse:
     whole_image_queries: int  # query images in which no person was found (searched whole)
     aggregation: str
     elapsed_s: float
+    # Seconds per stage, as ultralytics' `Results.speed`: people (decoding the query images and
+    # finding their people), embed, search (FAISS), rank (aggregation or fusion, and results).
+    speed: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """The stable machine-readable form printed by `castfinder search --json`."""
@@ -111,9 +127,6 @@ class IndexReport:
     warnings: list[str] = field(default_factory=list)
     frames_still: int = 0  # sampled frames skipped before detection: the same picture as the last one
     resumed_at_s: float | None = None  # film time an interrupted build was resumed at, if it was
-
-
-Stage = Literal["shots", "sampling", "detect", "embed", "write", "load", "search"]
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+import numpy.typing as npt
+
+from ..geometry import iou
 
 _MIN_PAIRS = 12
 _MAX_PAIRS = 20000
+# Two boxes in one frame overlapping less than this are two people, not a detector's double box.
+_APART_IOU = 0.05
+# A floor on the spread: a near-constant sample would turn tiny differences into huge z-scores.
+_MIN_STD = 0.02
+# Pairs drawn from different shots when too few frames show two people side by side.
+_CROSS_SHOT_PAIRS = 4000
+# Without enough pairs: a neutral mean and spread of different-identity similarities.
+DEFAULT_NEGATIVES = (0.5, 0.15)
 
 
 @dataclass(frozen=True)
@@ -31,10 +42,10 @@ class Calibration:
     b: float = -3.0
     negatives: int = 0
 
-    def z(self, sims: np.ndarray) -> np.ndarray:
+    def z(self, sims: npt.ArrayLike) -> np.ndarray:
         return (np.asarray(sims, dtype=np.float64) - self.neg_mean) / self.neg_std
 
-    def logit(self, z: np.ndarray) -> np.ndarray:
+    def logit(self, z: npt.ArrayLike) -> np.ndarray:
         return self.a * np.asarray(z) + self.b
 
     def similarity_at(self, confidence: float) -> float:
@@ -42,7 +53,7 @@ class Calibration:
         z = (np.log(confidence / (1 - confidence)) - self.b) / self.a
         return float(self.neg_mean + z * self.neg_std)
 
-    def confidence(self, sims: np.ndarray) -> np.ndarray:
+    def confidence(self, sims: npt.ArrayLike) -> np.ndarray:
         """Probability that a similarity means the same identity."""
         return sigmoid(self.logit(self.z(sims)))
 
@@ -50,7 +61,7 @@ class Calibration:
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_json(cls, data: dict | None, default_neg: tuple[float, float] = (0.5, 0.15)) -> "Calibration":
+    def from_json(cls, data: dict | None, default_neg: tuple[float, float] = DEFAULT_NEGATIVES) -> "Calibration":
         if not data:
             return cls(*default_neg)
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
@@ -70,7 +81,7 @@ def with_link(calib: Calibration, kind: str) -> Calibration:
     return replace(calib, a=a, b=b)
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: npt.ArrayLike) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
@@ -81,21 +92,19 @@ def fit(vectors: np.ndarray, frames: np.ndarray, boxes: np.ndarray, shots: np.nd
     neg = _side_by_side(vectors, frames, boxes)
     if len(neg) < _MIN_PAIRS and len(vectors) >= 2:
         # Few frames with two people: pairs from different shots stand in (mostly other people).
-        i = rng.integers(0, len(vectors), size=min(4000, len(vectors) ** 2))
+        i = rng.integers(0, len(vectors), size=min(_CROSS_SHOT_PAIRS, len(vectors) ** 2))
         j = rng.integers(0, len(vectors), size=len(i))
         keep = shots[i] != shots[j]
         neg = np.einsum("ij,ij->i", vectors[i[keep]], vectors[j[keep]]).astype(np.float64)
     if len(neg) < _MIN_PAIRS:
-        return Calibration(0.5, 0.15, negatives=int(len(neg)))
+        return Calibration(*DEFAULT_NEGATIVES, negatives=int(len(neg)))
     if len(neg) > _MAX_PAIRS:
         neg = rng.choice(neg, _MAX_PAIRS, replace=False)
-    return Calibration(float(np.mean(neg)), float(max(np.std(neg), 0.02)), negatives=int(len(neg)))
+    return Calibration(float(np.mean(neg)), float(max(np.std(neg), _MIN_STD)), negatives=int(len(neg)))
 
 
 def _side_by_side(vectors: np.ndarray, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Similarities of pairs of crops from the same frame whose boxes do not overlap."""
-    from ..geometry import iou
-
     order = np.argsort(frames, kind="stable")
     bounds = np.flatnonzero(np.diff(frames[order])) + 1
     sims: list[np.ndarray] = []

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from ..store import MovieIndex
+from ..types import RankedShot
 from .calibration import sigmoid
 
 Hits = dict[str, tuple[np.ndarray, np.ndarray]]  # channel -> (similarities, crop ids), one row per query crop
@@ -39,15 +40,6 @@ EXPAND_SEEDS = 6
 _EXPAND_CROPS_PER_SEED = 6
 # A second-round match is worth at most its seed's logit minus this.
 EXPAND_DISCOUNT = 1.0
-
-
-@dataclass(frozen=True)
-class FusedShot:
-    shot_id: int
-    confidence: float
-    logit: float
-    similarity: float  # the raw similarity behind the best unit (body if it has one)
-    best_crop: int
 
 
 @dataclass
@@ -131,27 +123,29 @@ def score_units(index: MovieIndex, hits: Hits, *, use_tracks: bool,
     return UnitScores(unit_of, logits, shown_sim, crop_of_unit)
 
 
-def rank_shots(index: MovieIndex, units: UnitScores) -> list[FusedShot]:
+def rank_shots(index: MovieIndex, units: UnitScores) -> list[RankedShot]:
+    """Shots by their best unit's fused logit (ties by shot id); score and confidence are its
+    probability. Sorting by the logit keeps apart shots whose probabilities both round to 1."""
     spoken = np.isfinite(units.logits)
     if not spoken.any():
         return []
     shot_of_unit = index.crop_shot[np.minimum(units.crop, len(index.crop_shot) - 1)]
-    by_shot: dict[int, FusedShot] = {}
+    best_unit: dict[int, int] = {}
     for u in np.flatnonzero(spoken)[np.argsort(-units.logits[spoken], kind="stable")]:
-        shot = int(shot_of_unit[u])
-        if shot not in by_shot:
-            logit = float(units.logits[u])
-            sim = float(units.similarity[u])  # NaN where only a bound or the second round spoke
-            by_shot[shot] = FusedShot(shot, float(sigmoid(logit)), logit, sim if np.isfinite(sim) else 0.0,
-                                      int(units.crop[u]))
-    return sorted(by_shot.values(), key=lambda f: (-f.logit, f.shot_id))
+        best_unit.setdefault(int(shot_of_unit[u]), int(u))
+    ranked = []
+    for shot, u in sorted(best_unit.items(), key=lambda item: (-units.logits[item[1]], item[0])):
+        confidence = float(sigmoid(float(units.logits[u])))
+        sim = float(units.similarity[u])  # NaN where only a bound or the second round spoke
+        ranked.append(RankedShot(shot, confidence, sim if np.isfinite(sim) else 0.0, int(units.crop[u]), confidence))
+    return ranked
 
 
 SearchFn = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def fuse(index: MovieIndex, hits: Hits, *, use_tracks: bool, weigh_bodies: bool = True,
-         expand_with: SearchFn | None = None) -> list[FusedShot]:
+         expand_with: SearchFn | None = None) -> list[RankedShot]:
     """Shots ranked from several channels' hits; with `expand_with` (a search of the index's own
     vectors), the confident first-round people are propagated (see `expand`)."""
     weights = body_weights(index, hits) if weigh_bodies else None

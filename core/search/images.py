@@ -23,6 +23,7 @@ except ImportError:  # optional: without it HEIC files are refused with a clear 
     pass
 
 ImageLike = Union[bytes, bytearray, str, Path, Image.Image, np.ndarray]
+Selection = Union[Literal["main", "all"], tuple[int, ...]]  # whom to search in a query image
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class QueryImage:
     """
 
     image: ImageLike
-    select: Literal["main", "all"] | tuple[int, ...] = "main"
+    select: Selection = "main"
     people: Sequence[Person] | None = None
     name: str = ""
 

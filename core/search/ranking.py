@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
+from ..types import RankedShot
 
-@dataclass(frozen=True)
-class ShotScore:
-    shot_id: int
-    score: float  # the aggregation's score, in [0, 1]
-    similarity: float  # best cosine similarity of any query crop to any crop of the shot
-    best_crop: int  # the crop behind `similarity`
+AGGREGATIONS = ("max", "frequency", "rrf")
+RRF_K = 60  # the constant of reciprocal-rank fusion (Cormack et al. 2009)
 
 
 def aggregate(
@@ -21,9 +18,10 @@ def aggregate(
     crop_shot: np.ndarray,
     method: str,
     *,
-    rrf_k: int = 60,
+    rrf_k: int = RRF_K,
     count_from: float = -1.0,
-) -> list[ShotScore]:
+    confidence: Callable[[float], float] | None = None,
+) -> list[RankedShot]:
     """Rank shots from `sims`/`ids` (one row of FAISS hits per query crop), best first.
 
     - `max`: a shot scores its best similarity over all query crops.
@@ -33,8 +31,10 @@ def aggregate(
     - `rrf`: reciprocal-rank fusion of each query crop's shot ranking, scaled so that a shot
       ranked first by every query crop scores 1.
     Ties are broken by best similarity, then by shot id, so rankings are deterministic.
+    `confidence` maps a shot's best similarity to a calibrated probability (the channel's
+    calibration); without it a shot's confidence is its score.
     """
-    if method not in ("max", "frequency", "rrf"):
+    if method not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {method!r}; use max, frequency or rrf")
     best_sim: dict[int, float] = {}
     best_crop: dict[int, int] = {}
@@ -69,4 +69,8 @@ def aggregate(
         top = n_queries / (rrf_k + 1)
         scores = {s: v / top for s, v in rrf.items()}
     order = sorted(scores, key=lambda s: (-scores[s], -best_sim[s], s))
-    return [ShotScore(s, float(scores[s]), best_sim[s], best_crop[s]) for s in order]
+    return [
+        RankedShot(s, float(scores[s]), best_sim[s], best_crop[s],
+                   float(confidence(best_sim[s])) if confidence is not None else float(scores[s]))
+        for s in order
+    ]
