@@ -9,6 +9,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..types import Person
 
+# The picker's picture is looked at once, on a phone: a little above the usual 75 keeps the
+# numbers' edges clean without making the upload slow.
+JPEG_QUALITY = 88
+
 _COLOURS = ["#ff3b30", "#34c759", "#007aff", "#ff9500", "#af52de", "#5ac8fa", "#ffcc00", "#ff2d55"]
 
 
@@ -33,5 +37,5 @@ def draw_people(image: Image.Image, people: Sequence[Person]) -> bytes:
         draw.rectangle((bx, by, bx + w, by + h), fill=colour)
         draw.text((bx + pad - left, by + pad - top), label, fill="white", font=font)
     out = io.BytesIO()
-    img.save(out, "JPEG", quality=88)
+    img.save(out, "JPEG", quality=JPEG_QUALITY)
     return out.getvalue()
