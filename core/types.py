@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 BBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the source frame
 
@@ -111,9 +111,6 @@ class IndexReport:
     warnings: list[str] = field(default_factory=list)
     frames_still: int = 0  # sampled frames skipped before detection: the same picture as the last one
     resumed_at_s: float | None = None  # film time an interrupted build was resumed at, if it was
-
-
-Stage = Literal["shots", "sampling", "detect", "embed", "write", "load", "search"]
 
 
 @dataclass(frozen=True)
