@@ -28,7 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 for key, value in {"HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                   "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "YOLO_CONFIG_DIR": tempfile.mkdtemp()}.items():
+                   "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                   "YOLO_CONFIG_DIR": tempfile.mkdtemp()}.items():
     os.environ.setdefault(key, value)
 
 SHARED = Path(os.environ.get("CASTFINDER_SHARED", REPO.parent / "shared"))
@@ -55,17 +56,6 @@ def machine() -> str:
             f"torch {torch.__version__} ({torch.get_num_threads()} threads), {platform.system()} {platform.release()}")
 
 
-def tiny_dinov2(path: Path) -> Path:
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                          image_size=56, patch_size=14)
-    Dinov2Model(config).save_pretrained(path)
-    BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56}, do_center_crop=True,
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(path)
-    return path
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     pos = (len(ordered) - 1) * q
@@ -89,10 +79,11 @@ async def scenario(srv, images: int, users: int, rounds: int, photos: list[bytes
             for u in updates:
                 srv.push_update(u)
 
-            def answered(calls) -> bool:
+            # `asked` bound now: this round's messages, not whatever the loop holds later.
+            def answered(calls, asked: set[int] = asked) -> bool:
                 return any(c.method == "sendMessage" and c.params.get("chat_id") == uid
                            and (c.params.get("reply_parameters") or {}).get("message_id") in asked
-                           and ("best shots" in c.params.get("text", "") or "closest shots" in c.params.get("text", ""))
+                           and any(words in c.params.get("text", "") for words in ("best shots", "closest shots"))
                            for c in calls)
 
             await srv.wait_until(answered, timeout=300)
@@ -107,12 +98,13 @@ async def main(args: argparse.Namespace) -> None:
     from bot.settings import BotSettings
     from core import Engine, Settings
     from tests.fake_telegram import FakeTelegramServer
+    from tests.tiny_models import save_dinov2
 
     work = Path(tempfile.mkdtemp(prefix="castfinder-bench-"))
     print(f"machine: {machine()}")
     started = time.perf_counter()
     settings = Settings(_env_file=None, index_dir=work / "indexes", detector=str(DETECTOR), person_classes=[0, 1],
-                        dinov2_model=str(tiny_dinov2(work / "tiny-dinov2")), device="cpu", sample_fps=2.0)
+                        dinov2_model=str(save_dinov2(work / "tiny-dinov2")), device="cpu", sample_fps=2.0)
     engine = Engine(settings)
     report = engine.index(CLIP, "Titanic")
     print(f"engine + index of {report.shots} shots built in {time.perf_counter() - started:.1f} s")

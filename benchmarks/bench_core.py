@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tests.tiny_models import save_clip, save_dinov2  # noqa: E402
+
 
 def machine() -> str:
     cpu = platform.processor() or ""
@@ -40,7 +42,8 @@ def machine() -> str:
         pass
     mem = ""
     try:
-        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        total = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+        kb = int(total.split()[1])
         mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
     except (OSError, StopIteration):
         pass
@@ -49,30 +52,6 @@ def machine() -> str:
     return (f"{cpu} ({os.cpu_count()} logical CPUs{mem}), {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"CUDA {'yes' if torch.cuda.is_available() else 'no'}")
-
-
-def save_model(kind: str, path: Path, size: str) -> Path:
-    """A random model saved like a hub repo: 'tiny' for tests, 'full' for the real architecture's cost."""
-    if kind == "dinov2":
-        from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-        cfg = (Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                            image_size=518, patch_size=14) if size == "full" else
-               Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                            image_size=56, patch_size=14))
-        Dinov2Model(cfg).save_pretrained(path)
-        crop = 224 if size == "full" else 56
-        BitImageProcessor(size={"shortest_edge": 256 if size == "full" else 64}, crop_size={"height": crop, "width": crop},
-                          do_center_crop=True, image_mean=[0.485, 0.456, 0.406],
-                          image_std=[0.229, 0.224, 0.225]).save_pretrained(path)
-    else:
-        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-        CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                       num_attention_heads=12, image_size=224, patch_size=16,
-                                                       projection_dim=512)).save_pretrained(path)
-        CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(path)
-    return path
 
 
 def pct(values: list[float], q: float) -> float:
@@ -94,7 +73,7 @@ def main() -> int:
 
     print(f"machine: {machine()}")
     work = Path(tempfile.mkdtemp(prefix="castfinder-bench-"))
-    tiny = save_model("dinov2", work / "tiny-dinov2", "tiny")
+    tiny = save_dinov2(work / "tiny-dinov2")
     settings = Settings(_env_file=None, index_dir=work / "indexes", detector=str(detector), person_classes=[0, 1],
                         dinov2_model=str(tiny), device="cpu")
     engine = Engine(settings)
@@ -121,7 +100,10 @@ def main() -> int:
         for stage in ("shots", "decode", "detect", *embeds, "write"):
             t = sec.get(stage, 0.0)
             count, unit = rates.get(stage, (0, ""))
-            rate = f"{count / t:.1f} {unit}/s" if t > 0 and count else ("(every frame of the video)" if stage == "shots" else "")
+            if t > 0 and count:
+                rate = f"{count / t:.1f} {unit}/s"
+            else:
+                rate = "(every frame of the video)" if stage == "shots" else ""
             print(f"  {stage:<13} {t:7.2f} s  {rate}")
         print()
 
@@ -130,8 +112,9 @@ def main() -> int:
     embed_rates = {}
     from core.models.embedders import make_embedder
 
-    for kind, name in (("dinov2", "DINOv2-small (384-d, 224 px)"), ("clip", "CLIP ViT-B/16 (512-d, 224 px)")):
-        emb = make_embedder(kind, str(save_model(kind, work / f"full-{kind}", "full")), device="cpu", batch=32)
+    for kind, name, save in (("dinov2", "DINOv2-small (384-d, 224 px)", save_dinov2),
+                             ("clip", "CLIP ViT-B/16 (512-d, 224 px)", save_clip)):
+        emb = make_embedder(kind, str(save(work / f"full-{kind}", "full")), device="cpu", batch=32)
         emb.embed(crops[:8])  # warm-up
         start = time.perf_counter()
         emb.embed(crops)
@@ -156,8 +139,9 @@ def main() -> int:
     crops_per_frame = 1.5
     for kind, rate in embed_rates.items():
         embed_s = frames * crops_per_frame / rate
-        print(f"90-minute film at {settings.sample_fps:g} fps = {frames:.0f} frames: detection ≈ {detect_s / 3600:.1f} h, "
-              f"{kind} embedding of ≈{crops_per_frame} people/frame ≈ {embed_s / 3600:.1f} h on this machine")
+        print(f"90-minute film at {settings.sample_fps:g} fps = {frames:.0f} frames: "
+              f"detection ≈ {detect_s / 3600:.1f} h, {kind} embedding of ≈{crops_per_frame} people/frame "
+              f"≈ {embed_s / 3600:.1f} h on this machine")
     return 0
 
 

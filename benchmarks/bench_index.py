@@ -210,7 +210,8 @@ def pipeline_env(shared: Path, index_dir: Path, yolo_dir: Path) -> dict[str, str
 def checked(p: Pipeline, env: dict[str, str]) -> Pipeline:
     """Fail unless the pipeline imports its own packages; note whether `index` has --quiet."""
     probe_code = (f"import sys; sys.path.insert(0, {str(p.root)!r}); import castfinder, core; "
-                  "print(castfinder.__file__); print(core.__file__); from castfinder.cli import main; main(['index', '--help'])")
+                  "print(castfinder.__file__); print(core.__file__); "
+                  "from castfinder.cli import main; main(['index', '--help'])")
     proc = subprocess.run([sys.executable, "-c", probe_code], capture_output=True, text=True, env=env)
     files = proc.stdout.splitlines()[:2]
     if len(files) < 2 or not all(Path(f).resolve().is_relative_to(p.root.resolve()) for f in files):
@@ -451,13 +452,15 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/castfinder-bench"),
                     help="cache of footage, the old worktree, indexes and logs (default /tmp/castfinder-bench)")
     ap.add_argument("--footage", choices=("dev720", "goldeneye"), default="dev720",
-                    help="dev720: the ≈100 s 720p development reel (default); goldeneye: the raw 10 s clip (smoke test)")
+                    help="dev720: the ≈100 s 720p development reel (default); "
+                         "goldeneye: the raw 10 s clip (smoke test)")
     ap.add_argument("--long", action="store_true", help="also index the 30-minute reel (new pipeline only)")
     ap.add_argument("--slow", action="store_true",
                     help=f"also index slow720.mp4, Titanic and GoldenEye at 720p looped to {SLOW_S} s (5 s a shot)")
     ap.add_argument("--long-old", action="store_true", help="with --long: the old pipeline indexes it too")
     ap.add_argument("--only", choices=("old", "new"), help="run one pipeline")
-    ap.add_argument("--old", default=OLD_COMMIT, metavar="REV", help=f"the old pipeline's commit (default {OLD_COMMIT})")
+    ap.add_argument("--old", default=OLD_COMMIT, metavar="REV",
+                    help=f"the old pipeline's commit (default {OLD_COMMIT})")
     ap.add_argument("--no-quality", action="store_true", help="skip MAP on the development clips")
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write the raw figures here")
     args = ap.parse_args()
@@ -478,7 +481,10 @@ def main() -> int:
     labels = [args.only] if args.only else ["old", "new"]
     pipelines: list[Pipeline] = []
     for label in labels:
-        root, revision = (old_worktree(args.work, args.old), f"commit {args.old}") if label == "old" else (REPO, new_revision())
+        if label == "old":
+            root, revision = old_worktree(args.work, args.old), f"commit {args.old}"
+        else:
+            root, revision = REPO, new_revision()
         env = pipeline_env(args.shared, args.work / f"indexes-{label}", args.work / f"yolo-{label}")
         pipelines.append(checked(Pipeline(label, root, revision), env))
         print(f"{label}: {revision}, castfinder imported from {pipelines[-1].package}")

@@ -79,12 +79,21 @@ def clips(data: Path, out: Path) -> dict[str, tuple[Path, Path, Path]]:
         if not link.exists():
             link.symlink_to(data / "titanic" / f"{src}.jpg")
     return {
-        "GoldenEye": (data / "goldeneye" / "frames", data / "goldeneye" / "ground_truth.csv", data / "goldeneye" / "queries"),
+        "GoldenEye": (data / "goldeneye" / "frames", data / "goldeneye" / "ground_truth.csv",
+                      data / "goldeneye" / "queries"),
         "Titanic": (data / "titanic" / "titanic_20s.mp4", data / "titanic" / "ground_truth.csv", tq),
-        "Office": (data / "office" / "office_edit.mp4", data / "office" / "ground_truth.csv", data / "office" / "queries"),
+        "Office": (data / "office" / "office_edit.mp4", data / "office" / "ground_truth.csv",
+                   data / "office" / "queries"),
         "Supernatural": (data / "supernatural" / "supernatural_edit.mp4", data / "supernatural" / "ground_truth.csv",
                          data / "supernatural" / "queries"),
     }
+
+
+def _percentile(values: list[float], p: float) -> str:
+    """The p-th percentile (nearest rank below) of `values`, for a table cell; "–" when empty."""
+    if not values:
+        return "–"
+    return f"{sorted(values)[min(len(values) - 1, int(p / 100 * len(values)))]:.2f}"
 
 
 def _fmt(value) -> str:
@@ -180,7 +189,8 @@ def main() -> int:
         print(f"| {config.label} | " + " | ".join(cells) + " |")
 
     print("\n## Confidence at the bot's 50% line (all clips together)\n")
-    print("| configuration | results ≥ 50% | precision / recall per indexed shot | precision / recall per annotated shot |")
+    print("| configuration | results ≥ 50% | precision / recall per indexed shot "
+          "| precision / recall per annotated shot |")
     print("|---|---|---|---|")
     for config in configs:
         sure = right = relevant = 0
@@ -194,7 +204,8 @@ def main() -> int:
                 ann = c.get("annotated")
                 if ann:
                     confident = {x["shot_id"] for x in c["ranking"] if x["confidence"] >= 0.5}
-                    labels = [x["label"] for x in ann["ranking"] if x["shot_id"] in confident and x["label"] != "ignored"]
+                    labels = [x["label"] for x in ann["ranking"]
+                              if x["shot_id"] in confident and x["label"] != "ignored"]
                     a_sure += len(labels)
                     a_right += labels.count("relevant")
                     a_relevant += ann["relevant"]
@@ -204,17 +215,20 @@ def main() -> int:
               f"{a_prec} / {a_right / max(a_relevant, 1):.2f} |")
 
     print("\n## Where true and false matches fall (confidence of each ranked shot, all clips together)\n")
-    print("| configuration | true shots: 10th / 50th percentile | other shots: 90th / 99th percentile | true ≥ 50% | other ≥ 50% |")
+    print("| configuration | true shots: 10th / 50th percentile | other shots: 90th / 99th percentile "
+          "| true ≥ 50% | other ≥ 50% |")
     print("|---|---|---|---|---|")
     for config in configs:
         true, other = [], []
         for movie in names:
             for c in reports[(config.label, movie)]["characters"].values():
                 for x in c["ranking"]:
-                    (true if x["label"] == "relevant" else other if x["label"] != "ignored" else []).append(x["confidence"])
-        q = lambda v, p: f"{sorted(v)[min(len(v) - 1, int(p / 100 * len(v)))]:.2f}" if v else "–"
+                    if x["label"] != "ignored":
+                        (true if x["label"] == "relevant" else other).append(x["confidence"])
+        q = _percentile
         print(f"| {config.label} | {q(true, 10)} / {q(true, 50)} | {q(other, 90)} / {q(other, 99)} | "
-              f"{sum(v >= 0.5 for v in true) / max(len(true), 1):.2f} | {sum(v >= 0.5 for v in other) / max(len(other), 1):.3f} |")
+              f"{sum(v >= 0.5 for v in true) / max(len(true), 1):.2f} "
+              f"| {sum(v >= 0.5 for v in other) / max(len(other), 1):.3f} |")
 
     print("\n## Indexing stage seconds\n")
     for (movie, name), seconds in index_seconds.items():

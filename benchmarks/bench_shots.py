@@ -121,7 +121,8 @@ def stressed(clips: list[Clip], folder: Path) -> list[Clip]:
                 if not ok:
                     break
                 if writer is None:
-                    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (bgr.shape[1], bgr.shape[0]))
+                    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                             (bgr.shape[1], bgr.shape[0]))
                 if kind == "washed":
                     bgr = cv2.convertScaleAbs(bgr, alpha=0.5, beta=40)
                 elif i in flashes:
@@ -260,7 +261,8 @@ def configs(transnet: TransNetV2 | None) -> list[Config]:
 
     out = [
         Config("decode only (reference)", decode_only, "reading the frames, no detection", scored=False),
-        Config("**old default**: content 27, shortest shot 15 frames", video_source(detector="content", threshold=27, min_shot_frames=15, min_shot_s=0),
+        Config("**old default**: content 27, shortest shot 15 frames",
+               video_source(detector="content", threshold=27, min_shot_frames=15, min_shot_s=0),
                "PySceneDetect ContentDetector, merge filter"),
         Config("content 27, shortest shot 0.2 s", video_source(detector="content", threshold=27, min_shot_s=0.2)),
         Config("content 27, shortest shot 0.3 s", video_source(detector="content", threshold=27, min_shot_s=0.3)),
@@ -269,11 +271,15 @@ def configs(transnet: TransNetV2 | None) -> list[Config]:
             "PySceneDetect's other flash filter mode"),
         Config("adaptive (PySceneDetect defaults: ratio 3, 15 frames)", scenedetect(lambda: AdaptiveDetector())),
         Config("adaptive ratio 3, 0.2 s", video_source(detector="adaptive", min_shot_s=0.2)),
-        Config("adaptive ratio 2, 0.2 s", scenedetect(lambda: AdaptiveDetector(adaptive_threshold=2.0, min_scene_len=0.2))),
-        Config("content 27 + flash handling, 0.2 s", editor(threshold=27, ratio=0.0), "editor without the neighbour ratio"),
-        Config("content 15 + flash handling, 0.2 s", editor(threshold=15, ratio=0.0), "editor without the neighbour ratio"),
+        Config("adaptive ratio 2, 0.2 s",
+               scenedetect(lambda: AdaptiveDetector(adaptive_threshold=2.0, min_scene_len=0.2))),
+        Config("content 27 + flash handling, 0.2 s", editor(threshold=27, ratio=0.0),
+               "editor without the neighbour ratio"),
+        Config("content 15 + flash handling, 0.2 s", editor(threshold=15, ratio=0.0),
+               "editor without the neighbour ratio"),
         Config("editor without flash handling", editor(flashes=False), "ratio 2, floor 15, 0.2 s"),
-        Config("editor (ratio 2, floor 15, 0.2 s, flashes), shot pass", video_source(), "VideoSource.shots: OpenCV, frames shrunk"),
+        Config("editor (ratio 2, floor 15, 0.2 s, flashes), shot pass", video_source(),
+               "VideoSource.shots: OpenCV, frames shrunk"),
         Config("**default: editor, one decode**", one_pass,
                "as indexing reads: PyAV, small frames by swscale's area averaging, 1 fps sampled too"),
         Config("editor, floor 12", editor(threshold=12)),
@@ -365,10 +371,12 @@ def main(argv: list[str] | None = None) -> int:
             found = sorted({clip.frame_at(t) for t in times})
             cfg.results[clip.name] = match(found, clip.truth, args.tolerance)
         print(f"{cfg.label}: {cfg.frames / cfg.seconds:.0f} frames/s, "
-              f"{sum(cfg.results[c.name][0] for c in clips)} of {sum(len(c.truth) for c in clips)} found", file=sys.stderr)
+              f"{sum(cfg.results[c.name][0] for c in clips)} of {sum(len(c.truth) for c in clips)} found",
+              file=sys.stderr)
     tmp.cleanup()
 
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *(argv if argv is not None else sys.argv[1:])])
+    args_given = argv if argv is not None else sys.argv[1:]
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *args_given])
     names = [c.name for c in clips]
     hard = [c.name for c in stress]
     print(f"Machine: {machine()}.  ")
@@ -415,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "machine": machine(), "command": command, "tolerance": args.tolerance,
             "annotated": {c.name: c.truth for c in clips},
-            "configs": [{"label": c.label, "note": c.note, "frames_per_s": c.frames / c.seconds if c.timed and c.seconds else None,
+            "configs": [{"label": c.label, "note": c.note,
+                         "frames_per_s": c.frames / c.seconds if c.timed and c.seconds else None,
                          "results": {n: dict(zip(("tp", "fp", "fn"), map(int, v))) for n, v in c.results.items()}}
                         for c in todo],
         }, indent=2))

@@ -183,9 +183,6 @@ class Settings(BaseSettings):
             return [value]
         return value
 
-    def embedder_model(self) -> str:
-        return self.model_for(self.embedder)
-
     def model_for(self, channel: str) -> str:
         return {"dinov2": self.dinov2_model, "clip": self.clip_model, "osnet": self.osnet_model,
                 "reid": self.reid_model, "face": face_spec(self.face_detector, self.face_model)}[channel]

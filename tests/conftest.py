@@ -7,6 +7,10 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
+
+from tests.tiny_models import save_clip, save_dinov2
+
 # Before ultralytics / transformers are imported anywhere: no network, no writes to ~/.config.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -17,8 +21,6 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # Tests build their settings explicitly; a developer's CASTFINDER_* must not leak in.
 for _key in [k for k in os.environ if k.startswith("CASTFINDER_") and k != "CASTFINDER_SHARED"]:
     del os.environ[_key]
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CASTFINDER_SHARED", REPO.parent / "shared")).resolve()
@@ -41,29 +43,14 @@ def _no_bot_token(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random DINOv2 saved the way a Hugging Face repo is laid out (config, weights, processor)."""
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    path = tmp_path_factory.mktemp("tiny-dinov2")
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, image_size=56, patch_size=14)
-    Dinov2Model(config).save_pretrained(path)
-    BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56},
-                      do_center_crop=True, image_mean=[0.485, 0.456, 0.406],
-                      image_std=[0.229, 0.224, 0.225]).save_pretrained(path)
-    return path
+    """A random 32-d DINOv2 saved the way a Hugging Face repo is laid out (config, weights, processor)."""
+    return save_dinov2(tmp_path_factory.mktemp("tiny-dinov2"))
 
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    path = tmp_path_factory.mktemp("tiny-clip")
-    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=2, image_size=32, patch_size=8, projection_dim=24)
-    CLIPVisionModelWithProjection(config).save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    return path
+    """A random CLIP vision tower with a 24-d projection, saved like a Hugging Face repo."""
+    return save_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 @pytest.fixture

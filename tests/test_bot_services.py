@@ -270,7 +270,8 @@ async def test_stats_summarise_the_query_log(tmp_path: Path) -> None:
 )
 def test_captions_say_whether_they_are_for_the_bot_and_which_movie(caption, addressed, other, movie, explicit) -> None:
     intent = parse_caption(caption, "castfinder_test_bot")
-    assert (intent.addressed, intent.for_other_bot, intent.movie, intent.explicit) == (addressed, other, movie, explicit)
+    got = (intent.addressed, intent.for_other_bot, intent.movie, intent.explicit)
+    assert got == (addressed, other, movie, explicit)
 
 
 # -- answer texts ---------------------------------------------------------------------------

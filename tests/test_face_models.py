@@ -88,7 +88,8 @@ def test_edgeface_ranks_the_same_person_above_another(make_settings) -> None:
     # boris_2 is the hooded one: still closer to boris_1 than to either natalya.
     assert sims[0, 1] > max(sims[0, 2], sims[0, 3], sims[1, 2], sims[1, 3])
     assert sims[2, 3] > max(sims[2, 0], sims[2, 1], sims[3, 0], sims[3, 1])
-    jack, rose, rose_face = (_image(DATA / "titanic" / n) for n in ("portrait_jack.jpg", "body_rose.jpg", "face_rose.jpg"))
+    jack, rose, rose_face = (_image(DATA / "titanic" / n)
+                             for n in ("portrait_jack.jpg", "body_rose.jpg", "face_rose.jpg"))
     t = channel.encode([jack, rose, rose_face]).vectors
     assert float(t[1] @ t[2]) > float(t[0] @ t[2])
 
@@ -115,11 +116,13 @@ def test_reid_0277_ranks_natalyas_crops_above_boriss(make_settings) -> None:
     assert channel.dim == 256 and channel.kind == "body"
     from core.models.detector import PersonDetector
 
-    detector = PersonDetector(str(PERSON_DETECTOR), classes=[0, 1], conf=0.35, imgsz=640, batch=4, min_px=16, device="cpu")
+    detector = PersonDetector(str(PERSON_DETECTOR), classes=[0, 1], conf=0.35, imgsz=640, batch=4, min_px=16,
+                              device="cpu")
 
     def main_person(path: Path) -> Image.Image:
         image = _image(path)
-        best = max(detector.detect([np.asarray(image)])[0], key=lambda d: (d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1]))
+        best = max(detector.detect([np.asarray(image)])[0],
+                   key=lambda d: (d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1]))
         return image.crop(tuple(int(v) for v in best.bbox))
 
     natalya = [main_person(GE_QUERIES / f"natalya_{i}.jpg") for i in (1, 2)]

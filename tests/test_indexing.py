@@ -67,7 +67,8 @@ def test_indexing_a_video_builds_shots_thumbnails_and_a_manifest(engine: Engine,
     assert tracks and all(n == 1 for _, n in tracks)
     manifest = json.loads((info.path / "manifest.json").read_text())
     assert manifest["complete"] is True and manifest["embedder"] == "dinov2"
-    assert manifest["channels"]["dinov2"]["dim"] == 32 and manifest["channels"]["dinov2"]["vectors"] == report.crops_kept
+    dinov2 = manifest["channels"]["dinov2"]
+    assert dinov2["dim"] == 32 and dinov2["vectors"] == report.crops_kept
     assert manifest["counts"]["duplicates_dropped"] == report.duplicates_dropped
     assert manifest["counts"]["crops_kept"] + report.duplicates_dropped == report.persons_detected
     assert {"torch", "transformers", "ultralytics", "python"} <= set(manifest["versions"])
@@ -88,9 +89,11 @@ def test_search_returns_ranked_shots_with_their_times(engine: Engine, video: Pat
     query = tmp_path / "q.png"
     from PIL import Image
 
+    # Shot 1's colour (BGR (30, 10, 10) in SEGMENTS is RGB (10, 10, 30)): that shot comes first.
     Image.fromarray(np.full((96, 160, 3), (10, 10, 30), np.uint8)).save(query)
     response = engine.search("synthetic", [query], top=3)
-    assert response.movie == "Synthetic Movie" and 1 <= len(response.results) <= 3
+    assert response.movie == "Synthetic Movie" and len(response.results) == 3
+    assert response.results[0].shot == 1 and sorted(r.shot for r in response.results) == [1, 2, 3]
     scores = [r.score for r in response.results]
     assert scores == sorted(scores, reverse=True)
     expected = {1: (0.0, 1.25), 2: (1.25, 2.0833), 3: (2.0833, 3.75)}
@@ -168,7 +171,8 @@ def test_an_interrupted_reindex_leaves_the_old_index_usable(engine: Engine, vide
     assert engine.search("heat", [np.full((60, 60, 3), 90, np.uint8)], top=1).results
 
 
-def test_reindexing_replaces_the_index_and_searches_see_the_new_one(engine: Engine, video: Path, tmp_path: Path) -> None:
+def test_reindexing_replaces_the_index_and_searches_see_the_new_one(engine: Engine, video: Path,
+                                                                    tmp_path: Path) -> None:
     old = engine.index(video, "Heat").movie
     engine.search("heat", [np.zeros((50, 50, 3), np.uint8)])
     shorter = make_video(tmp_path / "short.mp4", SEGMENTS[:2])

@@ -58,7 +58,8 @@ def test_identical_crops_embed_identically_and_batches_do_not_matter(tiny_dinov2
     np.testing.assert_allclose(many[0], many[3], atol=1e-6)
 
 
-@pytest.mark.parametrize(("kind", "setting"), [("dinov2", "CASTFINDER_DINOV2_MODEL"), ("clip", "CASTFINDER_CLIP_MODEL")])
+@pytest.mark.parametrize(("kind", "setting"),
+                         [("dinov2", "CASTFINDER_DINOV2_MODEL"), ("clip", "CASTFINDER_CLIP_MODEL")])
 def test_a_missing_embedding_model_names_the_setting(tmp_path: Path, kind: str, setting: str) -> None:
     with pytest.raises(ModelNotFoundError, match=setting):
         make_embedder(kind, str(tmp_path / "absent"), device="cpu", batch=1)
@@ -74,16 +75,31 @@ def _detector(model: str, **kw) -> PersonDetector:
 
 
 def test_a_random_yolo_from_its_yaml_runs_batched() -> None:
-    det = _detector("yolov8n.yaml")
-    images = [np.zeros((120, 200, 3), np.uint8), np.full((90, 90, 3), 127, np.uint8), np.zeros((64, 64, 3), np.uint8)]
+    # A random YOLO's head starts with class probabilities near 1.6e-4 (its bias prior, whatever the
+    # seed): at conf 1e-4 it proposes boxes on any picture, so every check below runs on real boxes.
+    torch.manual_seed(0)
+    det = _detector("yolov8n.yaml", conf=1e-4)
+    rng = np.random.default_rng(0)
+    # Two frames of one size (one batch of 2), then two of other sizes (each its own call).
+    images = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in ((120, 200, 3), (120, 200, 3), (90, 90, 3))]
+    images.append(np.zeros((64, 64, 3), np.uint8))
     out = det.detect(images)
-    assert len(out) == 3
+    assert len(out) == 4 and all(out)
     for dets, img in zip(out, images):
+        height, width = img.shape[:2]
         for d in dets:
             x1, y1, x2, y2 = d.bbox
-            assert 0 <= d.score <= 1 and x2 > x1 and y2 > y1
-            assert x2 <= img.shape[1] + 1 and y2 <= img.shape[0] + 1
+            assert 1e-4 <= d.score <= 1 and 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
         assert [d.score for d in dets] == sorted((d.score for d in dets), reverse=True)
+    # A batch finds what the frames find one at a time.
+    for batched, image in zip(out, images):
+        [alone] = det.detect([image])
+        assert len(alone) == len(batched)
+        np.testing.assert_allclose([d.bbox for d in alone], [d.bbox for d in batched], atol=1e-3)
+    # People too small to identify (under min_px on their short side) are dropped.
+    big = _detector("yolov8n.yaml", conf=1e-4, min_px=100).detect(images)
+    assert big[0] and all(min(d.bbox[2] - d.bbox[0], d.bbox[3] - d.bbox[1]) >= 100 for d in big[0])
+    assert big[3] == []
 
 
 def test_a_missing_detector_names_the_setting(tmp_path: Path) -> None:

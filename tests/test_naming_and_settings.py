@@ -48,7 +48,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("CASTFINDER_INDEX_DIR", "/srv/indexes")
     s = Settings(_env_file=None)
     assert s.person_classes == [0, 1]
-    assert s.embedder == "clip" and s.embedder_model() == "openai/clip-vit-base-patch16"
+    assert s.embedder == "clip" and s.model_for(s.embedder) == "openai/clip-vit-base-patch16"
     assert s.index_dir == Path("/srv/indexes")
 
 

@@ -29,7 +29,6 @@ from ..types import Progress, ProgressCallback, Shot
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts"}
 FRAME_NAME = re.compile(
     r"^(?P<movie>.+)-(?P<scene>\d+)-shot_(?P<shot>\d+)-frame_(?P<frame>\d+)\.(?:jpe?g|png)$",
     re.IGNORECASE,
