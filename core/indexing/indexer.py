@@ -57,6 +57,56 @@ def dedup_mask(vectors: np.ndarray, kept: list[np.ndarray], threshold: float) ->
     return mask
 
 
+Face = tuple[int, Box]  # a kept crop's number in its batch, and its face's box in frame pixels
+
+
+@runtime_checkable
+class FramesEncoder(Protocol):
+    """A channel that can find its faces once per frame (FaceChannel with SCRFD or YuNet) rather
+    than in every person's crop."""
+
+    @property
+    def per_frame(self) -> bool: ...
+
+    def encode_frames(self, frames: Sequence[np.ndarray], people: Sequence[np.ndarray]) -> Encoded: ...
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Frames detected together, and their people: one crop and one row per person, in frame
+    order."""
+
+    frames: list[SampledFrame]
+    detections: list[list[Detection]]
+    crops: list[Image.Image]
+    rows: list[CropRow]
+
+    @classmethod
+    def cut(cls, frames: list[SampledFrame], detections: list[list[Detection]]) -> _Batch:
+        crops: list[Image.Image] = []
+        rows: list[CropRow] = []
+        for frame, people in zip(frames, detections):
+            image = Image.fromarray(frame.image)
+            for det in people:
+                crops.append(image.crop(crop_box(det.bbox, image.width, image.height)))
+                rows.append(CropRow(frame.shot_id, frame.frame_index, frame.time_s, det.bbox, det.score))
+        return cls(frames, detections, crops, rows)
+
+    def frames_people(self) -> Iterator[tuple[SampledFrame, list[Detection], slice]]:
+        """Each frame, its people, and where their crops and rows are in the batch's."""
+        start = 0
+        for frame, people in zip(self.frames, self.detections):
+            yield frame, people, slice(start, start + len(people))
+            start += len(people)
+
+    def people(self, kept: np.ndarray) -> list[np.ndarray]:
+        """Each frame's kept people's boxes (n×4), in `kept` order."""
+        kept_set = set(kept.tolist())
+        return [np.array([self.rows[i].bbox for i in range(span.start, span.stop) if i in kept_set],
+                         dtype=np.float64).reshape(-1, 4)
+                for _, _, span in self.frames_people()]
+
+
 Models = tuple[PersonDetector, list[Channel]]
 
 
@@ -313,55 +363,6 @@ class Indexer:
                     faces.append((int(local), (x1 + fx1, y1 + fy1, x1 + fx2, y1 + fy2)))
         return vectors, faces
 
-
-Face = tuple[int, Box]  # a kept crop's number in its batch, and its face's box in frame pixels
-
-
-@runtime_checkable
-class FramesEncoder(Protocol):
-    """A channel that can find its faces once per frame (FaceChannel with SCRFD or YuNet) rather
-    than in every person's crop."""
-
-    @property
-    def per_frame(self) -> bool: ...
-
-    def encode_frames(self, frames: Sequence[np.ndarray], people: Sequence[np.ndarray]) -> Encoded: ...
-
-
-@dataclass(frozen=True)
-class _Batch:
-    """Frames detected together, and their people: one crop and one row per person, in frame
-    order."""
-
-    frames: list[SampledFrame]
-    detections: list[list[Detection]]
-    crops: list[Image.Image]
-    rows: list[CropRow]
-
-    @classmethod
-    def cut(cls, frames: list[SampledFrame], detections: list[list[Detection]]) -> _Batch:
-        crops: list[Image.Image] = []
-        rows: list[CropRow] = []
-        for frame, people in zip(frames, detections):
-            image = Image.fromarray(frame.image)
-            for det in people:
-                crops.append(image.crop(crop_box(det.bbox, image.width, image.height)))
-                rows.append(CropRow(frame.shot_id, frame.frame_index, frame.time_s, det.bbox, det.score))
-        return cls(frames, detections, crops, rows)
-
-    def frames_people(self) -> Iterator[tuple[SampledFrame, list[Detection], slice]]:
-        """Each frame, its people, and where their crops and rows are in the batch's."""
-        start = 0
-        for frame, people in zip(self.frames, self.detections):
-            yield frame, people, slice(start, start + len(people))
-            start += len(people)
-
-    def people(self, kept: np.ndarray) -> list[np.ndarray]:
-        """Each frame's kept people's boxes (n×4), in `kept` order."""
-        kept_set = set(kept.tolist())
-        return [np.array([self.rows[i].bbox for i in range(span.start, span.stop) if i in kept_set],
-                         dtype=np.float64).reshape(-1, 4)
-                for _, _, span in self.frames_people()]
 
 def _size_of(path: Path) -> int:
     if path.is_file():
