@@ -68,12 +68,13 @@ def decoded_frames(path: Path, warnings: list[str]) -> Iterator[tuple[float, "av
     with container:
         # The film's stream, as OpenCV's reader picks it (av_find_best_stream): not a cover picture.
         stream = container.streams.best("video")
-        if stream is None:
+        if not isinstance(stream, av.VideoStream):  # None: there is none
             raise BadInputError(f"{path.name}: the file has no video stream.")
         # The decoder's own frame threads. Measured on the 720p reel (docs/PERFORMANCE.md): one
         # decoder thread, or the reading thread at a lower priority, indexed no faster.
         stream.thread_type = "AUTO"
         base = stream.start_time or 0
+        time_base = stream.time_base
         step = 1.0 / float(stream.average_rate or 25)
         last: float | None = None
         packets = container.demux(stream)
@@ -91,8 +92,8 @@ def decoded_frames(path: Path, warnings: list[str]) -> Iterator[tuple[float, "av
                 warnings.append(f"a damaged packet near {last or 0:.1f} s was skipped ({exc})")
                 continue
             for frame in frames:
-                if frame.pts is not None:
-                    t = float((frame.pts - base) * stream.time_base)
+                if frame.pts is not None and time_base is not None:
+                    t = float((frame.pts - base) * time_base)
                 else:  # no timestamp: the next one at the stream's average rate
                     t = 0.0 if last is None else last + step
                 last = t

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Generator, Iterator, TypeVar
 
 import cv2
 import numpy as np
@@ -65,8 +65,14 @@ class SampledFrame:
 
 
 class MovieSource:
+    """A film to index: its shots and the frames sampled inside them."""
+
     kind: str
-    path: Path
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.duration_s = 0.0  # the film's length, once known
+        self._warnings: list[str] = []  # what was skipped while reading it
 
     def shots(self, progress: ProgressCallback) -> list[Shot]:
         raise NotImplementedError
@@ -92,12 +98,12 @@ class MovieSource:
 
     @property
     def warnings(self) -> list[str]:
-        return getattr(self, "_warnings", [])
+        return self._warnings
 
     @property
     def estimated_duration_s(self) -> float:
         """The film's length before it has been read through (for progress)."""
-        return getattr(self, "duration_s", 0.0)
+        return self.duration_s
 
 
 def open_source(
@@ -361,8 +367,10 @@ class EditorCutDetector:
                 self._events_from += 1
             # Flash events come in time order and never overlap: at most the first one left holds i.
             flash = events[self._events_from] if self._events_from < len(events) else None
-            inside = flash is not None and flash[0] <= i <= flash[1]
-            cut = (not flash[2] and flash[0] == i) if inside else self.stands_out(i)
+            if flash is not None and flash[0] <= i <= flash[1]:
+                cut = not flash[2] and flash[0] == i
+            else:
+                cut = self.stands_out(i)
             if cut and self._long_enough(self._last_cut, i):
                 found.append(i)
                 self._last_cut = i
@@ -383,12 +391,11 @@ class VideoSource(MovieSource):
     ) -> None:
         if detector not in SHOT_DETECTORS:
             raise BadInputError(f"unknown shot detector {detector!r}; choose from {', '.join(SHOT_DETECTORS)}.")
-        self.path = path
+        super().__init__(path)
         self.threshold = scene_threshold(detector, threshold)
         self.min_shot_frames = min_shot_frames
         self.min_shot_s = min_shot_s
         self.detector = detector
-        self._warnings: list[str] = []
         cap = cv2.VideoCapture(str(path))
         try:
             ok = cap.isOpened() and cap.grab()
@@ -400,7 +407,6 @@ class VideoSource(MovieSource):
             raise BadInputError(
                 f"{path.name}: not a video that can be read (damaged, truncated, or not a video at all)."
             )
-        self.duration_s = 0.0
 
     @property
     def estimated_duration_s(self) -> float:
@@ -559,17 +565,22 @@ class VideoSource(MovieSource):
             cap.release()
 
 
-def in_background(items: Iterator[T], maxsize: int, busy: Callable[[float], None] | None = None) -> Iterator[T]:
+class _Done:
+    """The end of the items handed from a background thread."""
+
+
+def in_background(items: Iterator[T], maxsize: int,
+                  busy: Callable[[float], None] | None = None) -> Generator[T, None, None]:
     """`items`, produced in a thread beside the caller's work (decoding: OpenCV and PyAV release
     the GIL), at most `maxsize` ahead. An error in the thread is raised here; closing this
     generator stops the thread. `busy` is told the seconds the thread spent producing each item."""
     items = iter(items)
-    done = object()
-    buffer: queue.Queue = queue.Queue(maxsize=maxsize)
+    done = _Done()
+    buffer: queue.Queue[T | _Done] = queue.Queue(maxsize=maxsize)
     stop = threading.Event()
     failure: list[BaseException] = []
 
-    def put(item: object) -> bool:
+    def put(item: T | _Done) -> bool:
         while not stop.is_set():
             try:
                 buffer.put(item, timeout=0.1)
@@ -598,7 +609,7 @@ def in_background(items: Iterator[T], maxsize: int, busy: Callable[[float], None
     thread = threading.Thread(target=produce, name="castfinder-decode", daemon=True)
     thread.start()
     try:
-        while (item := buffer.get()) is not done:
+        while not isinstance(item := buffer.get(), _Done):
             yield item
         if failure:
             raise failure[0]
@@ -640,9 +651,8 @@ class FramesFolderSource(MovieSource):
     kind = "frames"
 
     def __init__(self, path: Path, *, fps: float) -> None:
-        self.path = path
+        super().__init__(path)
         self.fps = fps
-        self._warnings: list[str] = []
         files: list[_FrameFile] = []
         movies: set[str] = set()
         ignored = 0

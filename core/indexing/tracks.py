@@ -47,14 +47,15 @@ class ShotTracker:
         ids = [-1] * len(boxes)
         if len(boxes) and self.active:
             overlap = iou(boxes, np.stack([t.box for t in self.active]))
-            if vectors is not None and all(t.vector is not None for t in self.active):
-                look = vectors @ np.stack([t.vector for t in self.active]).T
+            seen = [t.vector for t in self.active if t.vector is not None]
+            if vectors is not None and len(seen) == len(self.active):
+                look = vectors @ np.stack(seen).T
             else:
                 look = np.ones_like(overlap)
             ok = ((overlap >= self.iou_min) & (look >= _APPEARANCE_MIN)) | (look >= _APPEARANCE_ONLY)
             score = np.where(ok, overlap + look, -np.inf)
             while np.isfinite(score).any():
-                d, t = np.unravel_index(np.argmax(score), score.shape)
+                d, t = (int(i) for i in np.unravel_index(np.argmax(score), score.shape))
                 ids[d] = self.active[t].id
                 self.active[t].box = boxes[d]
                 self.active[t].vector = None if vectors is None else vectors[d]
