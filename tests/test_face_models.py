@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from core import ModelNotFoundError
-from core.models.channels import make_channel
 from core.models.face_models import ARCFACE_TEMPLATE, FaceBox, align, assign_faces
+from core.models.factory import make_channel
 from core.search.calibration import Calibration
 from core.search.fusion import expand, fuse, score_units
 from tests.conftest import DATA, WEIGHTS
@@ -88,7 +88,8 @@ def test_edgeface_ranks_the_same_person_above_another(make_settings) -> None:
     # boris_2 is the hooded one: still closer to boris_1 than to either natalya.
     assert sims[0, 1] > max(sims[0, 2], sims[0, 3], sims[1, 2], sims[1, 3])
     assert sims[2, 3] > max(sims[2, 0], sims[2, 1], sims[3, 0], sims[3, 1])
-    jack, rose, rose_face = (_image(DATA / "titanic" / n) for n in ("portrait_jack.jpg", "body_rose.jpg", "face_rose.jpg"))
+    jack, rose, rose_face = (_image(DATA / "titanic" / n)
+                             for n in ("portrait_jack.jpg", "body_rose.jpg", "face_rose.jpg"))
     t = channel.encode([jack, rose, rose_face]).vectors
     assert float(t[1] @ t[2]) > float(t[0] @ t[2])
 
@@ -115,11 +116,13 @@ def test_reid_0277_ranks_natalyas_crops_above_boriss(make_settings) -> None:
     assert channel.dim == 256 and channel.kind == "body"
     from core.models.detector import PersonDetector
 
-    detector = PersonDetector(str(PERSON_DETECTOR), classes=[0, 1], conf=0.35, imgsz=640, batch=4, min_px=16, device="cpu")
+    detector = PersonDetector(str(PERSON_DETECTOR), classes=[0, 1], conf=0.35, imgsz=640, batch=4, min_px=16,
+                              device="cpu")
 
     def main_person(path: Path) -> Image.Image:
         image = _image(path)
-        best = max(detector.detect([np.asarray(image)])[0], key=lambda d: (d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1]))
+        best = max(detector.detect([np.asarray(image)])[0],
+                   key=lambda d: (d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1]))
         return image.crop(tuple(int(v) for v in best.bbox))
 
     natalya = [main_person(GE_QUERIES / f"natalya_{i}.jpg") for i in (1, 2)]
@@ -131,12 +134,12 @@ def test_reid_0277_ranks_natalyas_crops_above_boriss(make_settings) -> None:
 
 def test_a_missing_reid_model_names_its_setting(make_settings, tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="CASTFINDER_REID_MODEL"):
-        make_channel("reid", str(tmp_path / "nothing.xml"), make_settings(), "cpu")
+        make_channel("reid", str(tmp_path / "nothing.xml"), make_settings(), "cpu").load()
 
 
 def test_dlib_detectors_cannot_feed_edgeface(make_settings) -> None:
     with pytest.raises(ModelNotFoundError, match="landmarks"):
-        make_channel("face", "hog+edgeface_xs", make_settings(), "cpu")
+        make_channel("face", "hog+edgeface_xs", make_settings(), "cpu").load()
 
 
 # -- fusion refinements, on a tiny synthetic index ------------------------------------------
@@ -199,7 +202,7 @@ def test_propagation_needs_a_confident_seed() -> None:
 @pytest.mark.skipif(not SCRFD.is_file(), reason=f"needs {SCRFD}")
 def test_a_face_detector_given_as_the_reid_model_is_refused_by_name(make_settings) -> None:
     with pytest.raises(ModelNotFoundError, match="not a re-id model") as err:
-        make_channel("reid", str(SCRFD), make_settings(), "cpu")
+        make_channel("reid", str(SCRFD), make_settings(), "cpu").load()
     assert "not a re-id model" in str(err.value) and "CASTFINDER_REID_MODEL" in str(err.value)
 
 
@@ -207,8 +210,8 @@ def test_a_face_detector_given_as_the_reid_model_is_refused_by_name(make_setting
 def test_scrfd_runs_a_wide_frame_at_its_own_shape_and_finds_the_same_faces() -> None:
     from core.models.face_models import ScrfdDetector
 
-    free = ScrfdDetector(SCRFD)
-    square = ScrfdDetector(SCRFD)
+    free = ScrfdDetector(SCRFD).load()
+    square = ScrfdDetector(SCRFD).load()
     square.session, square.free_size = free.session, False  # as the export ships: 640×640 only
     assert free.free_size and free.input_size(1280, 544, upscale=False)[0] == (640, 288)
     assert square.input_size(1280, 544)[0] == (640, 640)

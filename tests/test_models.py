@@ -58,19 +58,20 @@ def test_identical_crops_embed_identically_and_batches_do_not_matter(tiny_dinov2
     np.testing.assert_allclose(many[0], many[3], atol=1e-6)
 
 
-@pytest.mark.parametrize(("kind", "setting"), [("dinov2", "CASTFINDER_DINOV2_MODEL"), ("clip", "CASTFINDER_CLIP_MODEL")])
+@pytest.mark.parametrize(("kind", "setting"),
+                         [("dinov2", "CASTFINDER_DINOV2_MODEL"), ("clip", "CASTFINDER_CLIP_MODEL")])
 def test_a_missing_embedding_model_names_the_setting(tmp_path: Path, kind: str, setting: str) -> None:
     with pytest.raises(ModelNotFoundError, match=setting):
-        make_embedder(kind, str(tmp_path / "absent"), device="cpu", batch=1)
+        make_embedder(kind, str(tmp_path / "absent"), device="cpu", batch=1).load()
     # A hub id that is not in the cache, offline: the same clear error, not a traceback.
     with pytest.raises(ModelNotFoundError, match=setting):
-        make_embedder(kind, "castfinder-tests/no-such-model", device="cpu", batch=1)
+        make_embedder(kind, "castfinder-tests/no-such-model", device="cpu", batch=1).load()
 
 
 def _detector(model: str, **kw) -> PersonDetector:
     args = dict(classes=[0], conf=0.01, imgsz=160, batch=2, min_px=1, device="cpu")
     args.update(kw)
-    return PersonDetector(model, **args)
+    return PersonDetector(model, **args).load()
 
 
 def test_a_random_yolo_from_its_yaml_runs_batched() -> None:
@@ -205,7 +206,8 @@ def test_the_real_detector_finds_the_boxes_ultralytics_finds_on_film_frames() ->
 
     from core.models.detector import cached_export, inference_size
 
-    det = PersonDetector(str(PERSON_DETECTOR), classes=[0, 1], conf=0.35, imgsz=384, batch=8, min_px=1, device="cpu")
+    det = PersonDetector(str(PERSON_DETECTOR), classes=[0, 1], conf=0.35, imgsz=384, batch=8, min_px=1,
+                         device="cpu").load()
     assert det.runtime == "openvino"
     reference = YOLO(str(cached_export(PERSON_DETECTOR)), task="detect")
     frames = sorted(GOLDENEYE_FRAMES.glob("*.jpg"))[::3]
