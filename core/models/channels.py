@@ -38,6 +38,15 @@ class Channel(EmbeddingModel[Sequence[Image.Image], Encoded]):
     def encode(self, crops: Sequence[Image.Image]) -> Encoded:
         return self.predict(crops)
 
+    @property
+    def per_frame(self) -> bool:
+        """Whether the channel looks at whole frames (then use `encode_frames`), not at crops."""
+        return False
+
+    def encode_frames(self, frames: Sequence[np.ndarray], people: Sequence[np.ndarray]) -> Encoded:
+        """The vectors of the people (`people[i]`: n×4 boxes in `frames[i]`) of whole frames."""
+        raise TypeError(f"the {self.name} channel encodes person crops, not whole frames")
+
 
 def _encoded(vectors: np.ndarray, hits: Sequence[FaceHit]) -> Encoded:
     return Encoded(vectors, np.array([h.crop_index for h in hits], dtype=np.int64), [h.box for h in hits])
