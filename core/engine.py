@@ -20,8 +20,10 @@ from PIL import Image
 
 from .errors import AmbiguousMovieError, BadInputError, MovieNotFoundError
 from .indexing.indexer import Indexer
-from .models.channels import Channel, make_channel
+from .models.cache import ModelCache
+from .models.channels import Channel
 from .models.detector import PersonDetector
+from .models.factory import make_channel, make_detector
 from .naming import slugify
 from .search.annotate import draw_people
 from .search.fusion import Hits, fuse
@@ -56,10 +58,7 @@ class Engine:
     def __init__(self, settings: Settings | None = None, *, load_models: bool = True) -> None:
         self.settings = settings or Settings()
         self.device = self.settings.resolve_device()
-        self._detector: PersonDetector | None = None
-        self._channels: dict[tuple[str, str], Channel] = {}
-        self._models_lock = threading.Lock()  # guards _loading; each model loads under its own lock
-        self._loading: dict[object, threading.Lock] = {}
+        self._models = ModelCache()  # each model loads once, under its own lock
         self._cache: OrderedDict[str, MovieIndex] = OrderedDict()
         self._cache_lock = threading.Lock()
         if self.settings.torch_threads:
@@ -74,7 +73,7 @@ class Engine:
     def load_models(self) -> None:
         """Load now (at start-up, not on the first query) the detector and the channels that the
         indexed movies were built with; the configured channels when nothing is indexed yet."""
-        self.detector
+        _ = self.detector
         wanted: dict[tuple[str, str], None] = {}
         for info in self.movies():
             manifest = read_manifest(info.path) or {"channels": {}}
@@ -85,31 +84,15 @@ class Engine:
         for name, model in wanted:
             self.channel_for(name, model)
 
-    def _lock_for(self, model: object) -> threading.Lock:
-        """The lock one model loads under: two threads never load it twice, and loading one
-        model never waits for another."""
-        with self._models_lock:
-            return self._loading.setdefault(model, threading.Lock())
-
     @property
     def detector(self) -> PersonDetector:
-        with self._lock_for("detector"):
-            if self._detector is None:
-                s = self.settings
-                self._detector = PersonDetector(
-                    s.detector, classes=s.person_classes, conf=s.det_conf, imgsz=s.det_imgsz,
-                    batch=s.det_batch, min_px=s.min_person_px, device=self.device,
-                    runtime=s.det_runtime, threads=s.torch_threads,
-                )
-            return self._detector
+        """The person detector, loaded on first use; a channel loading meanwhile never delays it."""
+        return self._models.get("detector", lambda: make_detector(self.settings, self.device))
 
     def channel_for(self, name: str, model: str) -> Channel:
         """The channel an index was built with; loaded once, shared by every index using it."""
-        key = (name, model)
-        with self._lock_for(key):
-            if key not in self._channels:
-                self._channels[key] = make_channel(name, model, self.settings, self.device)
-            return self._channels[key]
+        return self._models.get(("channel", name, model), lambda: make_channel(name, model, self.settings,
+                                                                                 self.device))
 
     # -- movies ---------------------------------------------------------------------------
     def movies(self) -> list[MovieInfo]:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from core import Engine, ModelNotFoundError
 from core.indexing.tracks import ShotTracker
-from core.models.channels import make_channel
+from core.models.factory import make_channel
 from core.search.calibration import Calibration, fit
 from tests.conftest import DATA, WEIGHTS, requires_shared
 
@@ -82,9 +82,9 @@ def test_defaults_when_a_movie_has_too_few_pairs() -> None:
 def test_missing_osnet_and_face_models_name_their_settings(make_settings, tmp_path: Path) -> None:
     settings = make_settings()
     with pytest.raises(ModelNotFoundError, match="CASTFINDER_OSNET_MODEL"):
-        make_channel("osnet", str(tmp_path / "osnet.onnx"), settings, "cpu")
+        make_channel("osnet", str(tmp_path / "osnet.onnx"), settings, "cpu").load()
     with pytest.raises(ModelNotFoundError, match="CASTFINDER_FACE_DETECTOR"):
-        make_channel("face", str(tmp_path / "yunet.onnx"), settings, "cpu")
+        make_channel("face", str(tmp_path / "yunet.onnx"), settings, "cpu").load()
 
 
 def test_dlib_face_channel_embeds_faces_and_skips_crops_without_one(make_settings) -> None:

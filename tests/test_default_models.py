@@ -47,8 +47,8 @@ def test_index_and_search_run_the_default_channels_offline(contract_env: dict[st
     assert manifest["channels"]["face"]["model"] == "scrfd_2.5g+edgeface_xs"
     assert manifest["channels"]["reid"]["model"] == "reid_0277"
     assert manifest["channels"]["face"]["vectors"] > 0  # faces were found and embedded
-    found = _cli(["search", "--movie", "titanic", "--top", "3", "--json",
-                  str(DATA / "titanic" / "portrait_rose.jpg")], env)
+    rose = str(DATA / "titanic" / "portrait_rose.jpg")
+    found = _cli(["search", "--movie", "titanic", "--top", "3", "--json", rose], env)
     assert found.returncode == 0, found.stderr
     results = json.loads(found.stdout)["results"]
     assert len(results) == 3 and {r["shot"] for r in results} == {1, 2, 3}

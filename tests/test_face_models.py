@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from core import ModelNotFoundError
-from core.models.channels import make_channel
 from core.models.face_models import ARCFACE_TEMPLATE, FaceBox, align, assign_faces
+from core.models.factory import make_channel
 from core.search.calibration import Calibration
 from core.search.fusion import expand, fuse, score_units
 from tests.conftest import DATA, WEIGHTS
@@ -134,12 +134,12 @@ def test_reid_0277_ranks_natalyas_crops_above_boriss(make_settings) -> None:
 
 def test_a_missing_reid_model_names_its_setting(make_settings, tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="CASTFINDER_REID_MODEL"):
-        make_channel("reid", str(tmp_path / "nothing.xml"), make_settings(), "cpu")
+        make_channel("reid", str(tmp_path / "nothing.xml"), make_settings(), "cpu").load()
 
 
 def test_dlib_detectors_cannot_feed_edgeface(make_settings) -> None:
     with pytest.raises(ModelNotFoundError, match="landmarks"):
-        make_channel("face", "hog+edgeface_xs", make_settings(), "cpu")
+        make_channel("face", "hog+edgeface_xs", make_settings(), "cpu").load()
 
 
 # -- fusion refinements, on a tiny synthetic index ------------------------------------------
@@ -202,7 +202,7 @@ def test_propagation_needs_a_confident_seed() -> None:
 @pytest.mark.skipif(not SCRFD.is_file(), reason=f"needs {SCRFD}")
 def test_a_face_detector_given_as_the_reid_model_is_refused_by_name(make_settings) -> None:
     with pytest.raises(ModelNotFoundError, match="not a re-id model") as err:
-        make_channel("reid", str(SCRFD), make_settings(), "cpu")
+        make_channel("reid", str(SCRFD), make_settings(), "cpu").load()
     assert "not a re-id model" in str(err.value) and "CASTFINDER_REID_MODEL" in str(err.value)
 
 
@@ -210,8 +210,8 @@ def test_a_face_detector_given_as_the_reid_model_is_refused_by_name(make_setting
 def test_scrfd_runs_a_wide_frame_at_its_own_shape_and_finds_the_same_faces() -> None:
     from core.models.face_models import ScrfdDetector
 
-    free = ScrfdDetector(SCRFD)
-    square = ScrfdDetector(SCRFD)
+    free = ScrfdDetector(SCRFD).load()
+    square = ScrfdDetector(SCRFD).load()
     square.session, square.free_size = free.session, False  # as the export ships: 640×640 only
     assert free.free_size and free.input_size(1280, 544, upscale=False)[0] == (640, 288)
     assert square.input_size(1280, 544)[0] == (640, 640)

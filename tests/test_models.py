@@ -1,6 +1,9 @@
 """The real loading code, on tiny random models built from configs (nothing is downloaded)."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -8,6 +11,8 @@ import torch
 from PIL import Image
 
 from core import ModelNotFoundError
+from core.models.base import InferenceModel
+from core.models.channels import Channel, Encoded
 from core.models.detector import PersonDetector
 from core.models.embedders import ClipEmbedder, Dinov2Embedder, make_embedder
 from tests.conftest import GOLDENEYE_FRAMES, PERSON_DETECTOR, requires_shared
@@ -62,16 +67,16 @@ def test_identical_crops_embed_identically_and_batches_do_not_matter(tiny_dinov2
                          [("dinov2", "CASTFINDER_DINOV2_MODEL"), ("clip", "CASTFINDER_CLIP_MODEL")])
 def test_a_missing_embedding_model_names_the_setting(tmp_path: Path, kind: str, setting: str) -> None:
     with pytest.raises(ModelNotFoundError, match=setting):
-        make_embedder(kind, str(tmp_path / "absent"), device="cpu", batch=1)
+        make_embedder(kind, str(tmp_path / "absent"), device="cpu", batch=1).load()
     # A hub id that is not in the cache, offline: the same clear error, not a traceback.
     with pytest.raises(ModelNotFoundError, match=setting):
-        make_embedder(kind, "castfinder-tests/no-such-model", device="cpu", batch=1)
+        make_embedder(kind, "castfinder-tests/no-such-model", device="cpu", batch=1).load()
 
 
 def _detector(model: str, **kw) -> PersonDetector:
     args = dict(classes=[0], conf=0.01, imgsz=160, batch=2, min_px=1, device="cpu")
     args.update(kw)
-    return PersonDetector(model, **args)
+    return PersonDetector(model, **args).load()
 
 
 def test_a_random_yolo_from_its_yaml_runs_batched() -> None:
@@ -221,7 +226,8 @@ def test_the_real_detector_finds_the_boxes_ultralytics_finds_on_film_frames() ->
 
     from core.models.detector import cached_export, inference_size
 
-    det = PersonDetector(str(PERSON_DETECTOR), classes=[0, 1], conf=0.35, imgsz=384, batch=8, min_px=1, device="cpu")
+    det = PersonDetector(str(PERSON_DETECTOR), classes=[0, 1], conf=0.35, imgsz=384, batch=8, min_px=1,
+                         device="cpu").load()
     assert det.runtime == "openvino"
     reference = YOLO(str(cached_export(PERSON_DETECTOR)), task="detect")
     frames = sorted(GOLDENEYE_FRAMES.glob("*.jpg"))[::3]
@@ -238,3 +244,119 @@ def test_the_real_detector_finds_the_boxes_ultralytics_finds_on_film_frames() ->
             np.testing.assert_allclose([d.score for d in ours], res.boxes.conf.numpy(), atol=1e-4)
         people += len(ours)
     assert people >= 15  # GoldenEye's frames are full of people: a real comparison, not of empty lists
+
+
+# --- one shape for every model: load once, declared sizes, the factory, the engine's cache -------
+
+class _Counting(InferenceModel[int, int]):
+    """A model whose loading is counted, and fails while `broken` is set."""
+
+    role = "body"
+    name = model_name = "counting"
+
+    def __init__(self, broken: bool = False) -> None:
+        super().__init__()
+        self.loads = 0
+        self.broken = broken
+
+    def _load(self) -> None:
+        self.loads += 1
+        if self.broken:
+            raise ModelNotFoundError("counting model", "counting", "CASTFINDER_TEST", "broken")
+
+    def _predict(self, inputs: int) -> int:
+        return inputs + 1
+
+
+def test_a_model_loads_once_when_many_threads_load_it_at_once() -> None:
+    model = _Counting()
+    gate = threading.Barrier(8)
+
+    def load(_: int) -> _Counting:
+        gate.wait(timeout=30)
+        return model.load()
+
+    with ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(load, range(8)))
+    assert model.loads == 1 and all(m is model for m in loaded) and model.loaded
+    assert model.predict(1) == 2 and model.loads == 1
+
+
+def test_a_failed_load_is_tried_again_and_predict_loads_first() -> None:
+    model = _Counting(broken=True)
+    with pytest.raises(ModelNotFoundError, match="CASTFINDER_TEST"):
+        model.predict(1)
+    assert not model.loaded
+    model.broken = False
+    assert model.predict(1) == 2 and model.loads == 2 and model.loaded
+
+
+def test_embedding_sizes_are_read_from_the_config_without_a_forward_pass(tiny_dinov2: Path, tiny_clip: Path,
+                                                                         monkeypatch) -> None:
+    def no_forward(self, pixel_values):
+        raise AssertionError("a forward pass to learn the size")
+
+    monkeypatch.setattr(Dinov2Embedder, "_forward", no_forward)
+    monkeypatch.setattr(ClipEmbedder, "_forward", no_forward)
+    assert make_embedder("dinov2", str(tiny_dinov2), device="cpu", batch=2).dim == 32
+    assert make_embedder("clip", str(tiny_clip), device="cpu", batch=2).dim == 24
+
+
+def test_the_factory_makes_models_from_settings_without_reading_a_file(make_settings, tmp_path: Path) -> None:
+    from core.models.factory import make_model
+
+    settings = make_settings(osnet_model=str(tmp_path / "absent.onnx"))
+    detector = make_model("detector", settings, "cpu")
+    assert isinstance(detector, PersonDetector) and detector.model_name == "yolov8n.yaml" and not detector.loaded
+    osnet = make_model("osnet", settings, "cpu")  # the file is looked for when it loads
+    assert osnet.model_name == settings.osnet_model and not osnet.loaded
+    with pytest.raises(ModelNotFoundError, match="CASTFINDER_OSNET_MODEL"):
+        osnet.load()
+    assert make_model("face", settings, "cpu").model_name == settings.model_for("face")
+    with pytest.raises(ValueError, match="unknown model role"):
+        make_model("faces", settings, "cpu")
+
+
+class _SlowChannel(Channel):
+    """A channel whose loading waits until the test lets it finish."""
+
+    role = kind = "body"
+    name = "slow"
+
+    def __init__(self, model: str, started: threading.Event, release: threading.Event) -> None:
+        super().__init__()
+        self.model_name = model
+        self.started, self.release = started, release
+
+    def _load(self) -> None:
+        self.started.set()
+        if not self.release.wait(timeout=120):
+            raise TimeoutError("the test never let the channel finish loading")
+        self._dim = 4
+
+    def _predict(self, inputs: Sequence[Image.Image]) -> Encoded:
+        return Encoded(np.ones((len(inputs), 4), np.float32), np.arange(len(inputs)))
+
+
+def test_a_channel_loading_slowly_never_stalls_detection(make_settings, monkeypatch) -> None:
+    import core.engine
+    from core import Engine
+
+    started, release = threading.Event(), threading.Event()
+    monkeypatch.setattr(core.engine, "make_channel",
+                        lambda name, model, settings, device: _SlowChannel(model, started, release))
+    engine = Engine(make_settings(), load_models=False)
+    with ThreadPoolExecutor(3) as pool:
+        loading = pool.submit(engine.channel_for, "slow", "m")
+        try:
+            assert started.wait(timeout=60)
+            # The detector loads and detects while the channel is still loading; a second thread
+            # asking for the same channel waits for that one load.
+            again = pool.submit(engine.channel_for, "slow", "m")
+            people = pool.submit(lambda: engine.detector.detect([np.zeros((64, 96, 3), np.uint8)]))
+            assert len(people.result(timeout=120)) == 1
+            assert not loading.done() and not again.done()
+        finally:
+            release.set()
+        channel = loading.result(timeout=60)
+    assert again.result() is channel and channel.dim == 4 and channel.loaded

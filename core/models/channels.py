@@ -1,21 +1,26 @@
 """Embedding channels: what an index stores per person crop.
 
-Body channels (dinov2, clip, osnet) give every crop a vector; the face channel gives one only to
-crops in which a face is found. Every channel's FAISS ids are crop ids, so channels line up.
+Body channels (dinov2, clip, osnet, reid: `embedders.Embedder`) give every crop a vector; the
+face channel gives one only to crops in which a face is found. Every channel's FAISS ids are crop
+ids, so channels line up. Channels are made by `core.models.factory.make_channel`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, ClassVar, Literal, Sequence
 
 import numpy as np
 from PIL import Image
 
-from .embedders import Embedder, make_embedder
 from ..errors import ModelNotFoundError
+from ..settings import Settings, parse_face_spec
+from .base import EmbeddingModel
 from .registry import resolve_model
-from ..settings import BODY_CHANNELS, Settings, parse_face_spec
+
+if TYPE_CHECKING:
+    from .face_models import FaceHit, OnnxFaceEncoder
+    from .faces import FaceEncoder
 
 
 @dataclass(frozen=True)
@@ -25,60 +30,78 @@ class Encoded:
     boxes: list[tuple[float, float, float, float]] | None = None  # face boxes, in crop pixels
 
 
-class Channel:
-    name: str
-    kind: Literal["body", "face"]
-    model_name: str
-    dim: int
+class Channel(EmbeddingModel[Sequence[Image.Image], Encoded]):
+    """A model that turns person crops into the vectors one of an index's channels stores."""
+
+    kind: ClassVar[Literal["body", "face"]]
 
     def encode(self, crops: Sequence[Image.Image]) -> Encoded:
-        raise NotImplementedError
+        return self.predict(crops)
+
+    @property
+    def per_frame(self) -> bool:
+        """Whether the channel looks at whole frames (then use `encode_frames`), not at crops."""
+        return False
+
+    def encode_frames(self, frames: Sequence[np.ndarray], people: Sequence[np.ndarray]) -> Encoded:
+        """The vectors of the people (`people[i]`: n×4 boxes in `frames[i]`) of whole frames."""
+        raise TypeError(f"the {self.name} channel encodes person crops, not whole frames")
 
 
-class BodyChannel(Channel):
-    kind = "body"
-
-    def __init__(self, embedder: Embedder) -> None:
-        self.embedder = embedder
-        self.name = embedder.name
-        self.model_name = embedder.model_name
-        self.dim = embedder.dim
-
-    def encode(self, crops: Sequence[Image.Image]) -> Encoded:
-        return Encoded(self.embedder.embed(crops), np.arange(len(crops)))
+def _encoded(vectors: np.ndarray, hits: Sequence[FaceHit]) -> Encoded:
+    return Encoded(vectors, np.array([h.crop_index for h in hits], dtype=np.int64), [h.box for h in hits])
 
 
 class FaceChannel(Channel):
-    kind = "face"
+    role = kind = "face"
     name = "face"
 
     def __init__(self, spec: str, settings: Settings) -> None:
         """`spec` is "<detector>+<recogniser>" as an index records it (see settings.face_spec)."""
-        detector, recogniser = parse_face_spec(spec)
+        super().__init__()
         self.model_name = spec
+        self.settings = settings
+        self._encoder: FaceEncoder | OnnxFaceEncoder | None = None
+
+    def _load(self) -> None:
+        detector, recogniser = parse_face_spec(self.model_name)
+        encoder: FaceEncoder | OnnxFaceEncoder
         if recogniser == "dlib":
             from .faces import FaceEncoder
 
-            self.encoder = FaceEncoder(_local_if_registered(detector, "CASTFINDER_FACE_DETECTOR", settings),
-                                       min_face_px=settings.min_face_px)
+            encoder = FaceEncoder(_local_if_registered(detector, "CASTFINDER_FACE_DETECTOR", self.settings),
+                                  min_face_px=self.settings.min_face_px)
         else:
-            self.encoder = _onnx_face_encoder(detector, recogniser, spec, settings)
-        self.dim = self.encoder.dim
+            encoder = _onnx_face_encoder(detector, recogniser, self.model_name, self.settings)
+        self._encoder = encoder.load()
+        self._dim = encoder.dim
 
-    def encode(self, crops: Sequence[Image.Image]) -> Encoded:
-        vectors, hits = self.encoder.encode(crops)
-        return Encoded(vectors, np.array([h.crop_index for h in hits], dtype=np.int64), [h.box for h in hits])
+    @property
+    def encoder(self) -> FaceEncoder | OnnxFaceEncoder:
+        """The face encoder behind the channel (loaded)."""
+        self.load()
+        assert self._encoder is not None  # set by _load
+        return self._encoder
+
+    def _predict(self, inputs: Sequence[Image.Image]) -> Encoded:
+        return _encoded(*self.encoder.encode(inputs))
 
     @property
     def per_frame(self) -> bool:
         """Whether faces are found once per frame (then use `encode_frames`)."""
-        return hasattr(self.encoder, "encode_frames")
+        from .face_models import OnnxFaceEncoder
+
+        return isinstance(self.encoder, OnnxFaceEncoder)
 
     def encode_frames(self, frames: Sequence[np.ndarray], people: Sequence[np.ndarray]) -> Encoded:
         """Faces of the people in whole frames; `rows` number the people of all frames in order,
         `boxes` are in frame pixels."""
-        vectors, hits = self.encoder.encode_frames(frames, people)
-        return Encoded(vectors, np.array([h.crop_index for h in hits], dtype=np.int64), [h.box for h in hits])
+        from .face_models import OnnxFaceEncoder
+
+        encoder = self.encoder
+        if not isinstance(encoder, OnnxFaceEncoder):
+            raise TypeError(f"the {self.model_name} face channel finds faces per crop, not per frame")
+        return _encoded(*encoder.encode_frames(frames, people))
 
 
 _DLIB_DETECTORS = ("hog", "cnn")
@@ -91,7 +114,7 @@ def _local_if_registered(value: str, setting: str, settings: Settings) -> str:
     return str(resolve_model(value, setting=setting, settings_or_models_dir=settings))
 
 
-def _onnx_face_encoder(detector: str, recogniser: str, spec: str, settings: Settings):
+def _onnx_face_encoder(detector: str, recogniser: str, spec: str, settings: Settings) -> OnnxFaceEncoder:
     from .face_models import EdgeFaceEmbedder, OnnxFaceEncoder, ScrfdDetector, YunetDetector
 
     if detector in _DLIB_DETECTORS:
@@ -102,26 +125,14 @@ def _onnx_face_encoder(detector: str, recogniser: str, spec: str, settings: Sett
         )
     threads = settings.torch_threads
     det_path = resolve_model(detector, setting="CASTFINDER_FACE_DETECTOR", settings_or_models_dir=settings)
+    det: ScrfdDetector | YunetDetector
+    # Each part loads as soon as it is found: a broken detector file is reported before the
+    # recogniser is looked for.
     if "yunet" in det_path.name.lower():
-        det = YunetDetector(det_path)
+        det = YunetDetector(det_path).load()
     else:
-        det = ScrfdDetector(det_path, threads=threads)
+        det = ScrfdDetector(det_path, threads=threads).load()
     emb_path = resolve_model(recogniser, setting="CASTFINDER_FACE_MODEL", settings_or_models_dir=settings)
-    embedder = EdgeFaceEmbedder(emb_path, batch=settings.embed_batch, threads=threads)
+    embedder = EdgeFaceEmbedder(emb_path, batch=settings.embed_batch, threads=threads).load()
     return OnnxFaceEncoder(det, embedder, min_face_px=settings.min_face_px, model_name=spec,
                            frame_px=settings.face_frame_px)
-
-
-def make_channel(name: str, model: str, settings: Settings, device: str) -> Channel:
-    if name == "face":
-        return FaceChannel(model, settings)
-    if name in ("osnet", "reid"):
-        from .reid import make_reid
-
-        setting = f"CASTFINDER_{name.upper()}_MODEL"
-        path = resolve_model(model, setting=setting, settings_or_models_dir=settings)
-        return BodyChannel(make_reid(model, path, batch=settings.embed_batch, threads=settings.torch_threads,
-                                     name=name, setting=setting))
-    if name in BODY_CHANNELS:
-        return BodyChannel(make_embedder(name, model, device=device, batch=settings.embed_batch))
-    raise ValueError(f"unknown channel {name!r}")

@@ -12,6 +12,11 @@ import json
 import logging
 import warnings
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +29,7 @@ class ConversionUnavailable(RuntimeError):
     """The packages a conversion needs are not installed."""
 
 
-def _require_convert_extra():
+def _require_convert_extra() -> tuple[ModuleType, ModuleType]:
     try:
         import timm  # noqa: F401
         import torch  # noqa: F401
@@ -38,22 +43,27 @@ def _require_convert_extra():
     return torch, timm
 
 
-def _edgeface_wrapper(torch, timm):
+EDGEFACE_DIM = 512  # EdgeFace's embedding size: the head the checkpoint was trained with
+
+
+def _edgeface_wrapper(timm: ModuleType) -> torch.nn.Module:
+    import torch as torch_  # installed: _require_convert_extra checked
+
     # EdgeFace's TimmFRWrapperV2: timm's EdgeNeXt-x-small with a 512-d head, held as `.model`
     # (the checkpoint's keys start with "model.").
-    class TimmFRWrapperV2(torch.nn.Module):
+    class TimmFRWrapperV2(torch_.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = timm.create_model("edgenext_x_small", pretrained=False)
-            self.model.reset_classifier(512)
+            self.model.reset_classifier(EDGEFACE_DIM)
 
-        def forward(self, x):
+        def forward(self, x: torch_.Tensor) -> torch_.Tensor:
             return self.model(x)
 
     return TimmFRWrapperV2()
 
 
-def load_edgeface_float(checkpoint: Path):
+def load_edgeface_float(checkpoint: Path) -> torch.nn.Module:
     """EdgeFace-XS with the int8 Linear weights of `checkpoint` dequantized to float32."""
     torch, timm = _require_convert_extra()
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
@@ -62,7 +72,7 @@ def load_edgeface_float(checkpoint: Path):
         warnings.simplefilter("ignore")  # torch's deprecation notices about quantized tensors
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         quantized = torch.ao.quantization.quantize_dynamic(
-            _edgeface_wrapper(torch, timm), {torch.nn.Linear}, dtype=torch.qint8)
+            _edgeface_wrapper(timm), {torch.nn.Linear}, dtype=torch.qint8)
     try:
         quantized.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -83,7 +93,7 @@ def load_edgeface_float(checkpoint: Path):
         if "._packed_params" in key or key.endswith((".scale", ".zero_point")):
             continue
         floats[key] = value
-    model = _edgeface_wrapper(torch, timm)
+    model = _edgeface_wrapper(timm)
     model.load_state_dict(floats, strict=True)
     return model.eval()
 

@@ -27,23 +27,28 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from ..errors import ModelNotFoundError
 from ..geometry import nms
+from .base import InferenceModel
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "openvino", "torch")
-_STRIDE = 32
+_STRIDE = 32  # YOLOv8's coarsest stride: its input sides are multiples of it
+_LETTERBOX_GREY = 114  # ultralytics pads with this grey; the weights were trained on it
+
+
+Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
 class Detection:
-    bbox: tuple[float, float, float, float]
+    bbox: Box
     score: float
 
 
@@ -130,7 +135,8 @@ def openvino_export(weights: Path) -> Path:
     return target
 
 
-def letterbox(image: np.ndarray, size: int, *, pad_value: int = 114) -> tuple[np.ndarray, float, float, int, int]:
+def letterbox(image: np.ndarray, size: int, *,
+              pad_value: int = _LETTERBOX_GREY) -> tuple[np.ndarray, float, float, int, int]:
     """ultralytics' LetterBox(size, auto=True): the image scaled to fit `size`, padded to the
     nearest multiple of the stride on each side, centred. Returns the padded image, the scale
     of x and of y, and the left and top padding."""
@@ -151,7 +157,7 @@ class OpenVinoYolo:
     ultralytics' DetectionPredictor does with agnostic NMS, in numpy."""
 
     iou = 0.7  # ultralytics' default NMS threshold
-    max_det = 300
+    max_det = 300  # and its default cap on boxes per image
 
     def __init__(self, folder: Path, *, threads: int = 0) -> None:
         import openvino as ov
@@ -174,14 +180,15 @@ class OpenVinoYolo:
         ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
         ppp.input().preprocess().convert_element_type(ov.Type.f32).scale(255.0)
         ppp.input().model().set_layout(ov.Layout("NCHW"))
-        config = {"PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, str | int] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self._compiled = core.compile_model(ppp.build(), "CPU", config)
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
 
-    def __call__(self, rgb: np.ndarray, size: int, *, conf: float, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, rgb: np.ndarray, size: int, *, conf: float,
+                 classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (n×4, x1 y1 x2 y2 in the image's pixels) and scores of the people in one RGB
         image, letterboxed to `size`, best first."""
         h, w = rgb.shape[:2]
@@ -205,8 +212,10 @@ class OpenVinoYolo:
         return boxes, score
 
 
-class PersonDetector:
+class PersonDetector(InferenceModel[Sequence[np.ndarray], list[list[Detection]]]):
     """Finds people; loaded once, safe to call from several threads."""
+
+    role = "detector"
 
     def __init__(
         self,
@@ -221,7 +230,9 @@ class PersonDetector:
         runtime: str = "auto",
         threads: int = 0,
     ) -> None:
-        self.name = model
+        super().__init__()
+        self.name = self.model_name = model
+        self.requested_runtime = runtime
         self.classes = list(classes)
         self.conf = conf
         self.imgsz = imgsz
@@ -229,9 +240,14 @@ class PersonDetector:
         self.min_px = min_px
         self.device = device
         self.threads = threads
-        self.runtime = "torch"
-        self._model = None  # ultralytics' YOLO, for PyTorch
+        self.runtime = "torch"  # the one it runs on, once loaded
+        self._model: Any = None  # ultralytics' YOLO, for PyTorch
         self._ov: OpenVinoYolo | None = None
+        # ultralytics predictors keep per-call state; one call at a time per model instance.
+        self._lock = threading.Lock()
+
+    def _load(self) -> None:
+        model, runtime, device = self.name, self.requested_runtime, self.device
         if runtime not in RUNTIMES:
             raise ModelNotFoundError("person detector", model, "CASTFINDER_DET_RUNTIME",
                                      f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
@@ -240,11 +256,9 @@ class PersonDetector:
         if ready is not None:
             self._use_export(ready, required=runtime == "openvino")
         if self._ov is None:
-            self._model = self._load(model)
+            self._model = self._load_ultralytics(model)
             if openvino:
                 self._use_openvino(required=runtime == "openvino")
-        # ultralytics predictors keep per-call state; one call at a time per model instance.
-        self._lock = threading.Lock()
         names = self._ov.names if self._ov is not None else (getattr(self._model, "names", {}) or {})
         unknown = [c for c in self.classes if names and c not in names]
         if unknown:
@@ -267,7 +281,7 @@ class PersonDetector:
         return None
 
     @staticmethod
-    def _load(model: str):
+    def _load_ultralytics(model: str) -> Any:
         from ultralytics import YOLO
 
         if _looks_like_path(model) and not model.endswith(".yaml") and not Path(model).expanduser().is_file():
@@ -312,6 +326,9 @@ class PersonDetector:
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         """People in each RGB image, most confident first."""
+        return self.predict(images)
+
+    def _predict(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         if self._ov is not None:
             return [self._people(*self._ov(img, inference_size(img.shape, self.imgsz), conf=self.conf,
                                             classes=self.classes)) for img in images]
@@ -348,7 +365,12 @@ class PersonDetector:
 
     def _people(self, xyxy: np.ndarray, scores: np.ndarray) -> list[Detection]:
         """Boxes big enough to identify someone, most confident first."""
-        dets = [Detection(tuple(float(v) for v in box), float(s)) for box, s in zip(xyxy, scores)
+        dets = [Detection(_box(box), float(s)) for box, s in zip(xyxy, scores)
                 if min(box[2] - box[0], box[3] - box[1]) >= self.min_px]
         dets.sort(key=lambda d: d.score, reverse=True)
         return dets
+
+
+def _box(values: np.ndarray) -> Box:
+    x1, y1, x2, y2 = (float(v) for v in values)
+    return x1, y1, x2, y2

@@ -8,27 +8,26 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from .embedders import l2_normalise
 from ..errors import ModelNotFoundError
+from .base import EmbeddingModel, l2_normalise
+from .face_models import YUNET_FIRST_SIZE, YUNET_NMS_IOU, YUNET_SCORE, YUNET_TOP_K, FaceHit, FaceVectors
 
-FACE_DIM = 128
+FACE_DIM = 128  # dlib_face_recognition_resnet_model_v1's descriptor
 # Person crops smaller than this (short side) are upscaled before face detection: both detectors
 # miss faces under ~20 px, and movie frames are often small.
 _DETECT_MIN_SIDE = 320
+# dlib's HOG detector: the image upsampled once (its 80 px window then finds faces down to ~40 px),
+# at dlib's own threshold (no adjustment); the CNN detector without upsampling (it is slow enough).
+_HOG_UPSAMPLE, _HOG_THRESHOLD = 1, 0.0
+_CNN_UPSAMPLE = 0
 
-
-@dataclass(frozen=True)
-class FaceHit:
-    crop_index: int  # which of the given crops (or people, for per-frame encoders) the face belongs to
-    box: tuple[float, float, float, float]  # in that crop's pixels, or the frame's for per-frame encoders
-    score: float
+Scored = tuple[float, float, float, float, float]  # x1, y1, x2, y2, score
 
 
 def _models_dir() -> Path:
@@ -42,13 +41,24 @@ def _models_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "models"
 
 
-class FaceEncoder:
+class FaceEncoder(EmbeddingModel[Sequence[Image.Image], FaceVectors]):
     """Finds the main face in each person crop and embeds it. Thread-safe (one call at a time)."""
 
+    role = "face"
     name = "face"
-    dim = FACE_DIM
+    _dim = FACE_DIM  # known before loading: dlib's network has one output size
 
-    def __init__(self, detector: str = "hog", *, min_face_px: int = 20, score: float = 0.6) -> None:
+    def __init__(self, detector: str = "hog", *, min_face_px: int = 20, score: float = YUNET_SCORE) -> None:
+        super().__init__()
+        self.detector = detector
+        self.model_name = f"dlib_face_recognition_resnet_model_v1+{Path(detector).name}"
+        self.min_face_px = min_face_px
+        self.score = score
+        self._yunet: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> None:
+        detector = self.detector
         try:
             import dlib
         except ImportError as exc:
@@ -60,10 +70,6 @@ class FaceEncoder:
         self._dlib = dlib
         self._shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
         self._net = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
-        self.model_name = f"dlib_face_recognition_resnet_model_v1+{Path(detector).name}"
-        self.min_face_px = min_face_px
-        self.score = score
-        self._yunet = None
         if detector == "hog":
             self._hog = dlib.get_frontal_face_detector()
         elif detector == "cnn":
@@ -76,13 +82,12 @@ class FaceEncoder:
             import cv2
 
             try:
-                self._yunet = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score, 0.3, 50)
+                self._yunet = cv2.FaceDetectorYN.create(str(path), "", YUNET_FIRST_SIZE, self.score, YUNET_NMS_IOU,
+                                                        YUNET_TOP_K)
             except cv2.error as exc:
                 raise ModelNotFoundError("face detector", detector, "CASTFINDER_FACE_DETECTOR", str(exc)) from exc
-        self.detector = detector
-        self._lock = threading.Lock()
 
-    def _detect(self, rgb: np.ndarray) -> list[tuple[float, float, float, float, float]]:
+    def _detect(self, rgb: np.ndarray) -> list[Scored]:
         """Faces as (x1, y1, x2, y2, score) in `rgb`'s pixels."""
         h, w = rgb.shape[:2]
         if self._yunet is not None:
@@ -93,12 +98,15 @@ class FaceEncoder:
             return [(f[0], f[1], f[0] + f[2], f[1] + f[3], float(f[14])) for f in faces]
         if self.detector == "cnn":
             return [(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), float(d.confidence))
-                    for d in self._cnn(rgb, 0)]
-        rects, scores, _ = self._hog.run(rgb, 1, 0.0)
+                    for d in self._cnn(rgb, _CNN_UPSAMPLE)]
+        rects, scores, _ = self._hog.run(rgb, _HOG_UPSAMPLE, _HOG_THRESHOLD)
         return [(r.left(), r.top(), r.right(), r.bottom(), float(s)) for r, s in zip(rects, scores)]
 
-    def encode(self, crops: Sequence[Image.Image]) -> tuple[np.ndarray, list[FaceHit]]:
+    def encode(self, crops: Sequence[Image.Image]) -> FaceVectors:
         """Face vectors (L2-normalised) for the crops in which a face was found, and where."""
+        return self.predict(crops)
+
+    def _predict(self, crops: Sequence[Image.Image]) -> FaceVectors:
         vectors: list[np.ndarray] = []
         hits: list[FaceHit] = []
         dlib = self._dlib
@@ -113,11 +121,11 @@ class FaceEncoder:
                 if not faces:
                     continue
                 # The person's own face is the largest one inside their box.
-                x1, y1, x2, y2, score = max(faces, key=lambda f: (f[2] - f[0]) * (f[3] - f[1]))
+                x1, y1, x2, y2, _ = max(faces, key=lambda f: (f[2] - f[0]) * (f[3] - f[1]))
                 rect = dlib.rectangle(int(x1), int(y1), int(x2), int(y2))
                 shape = self._shape(rgb, rect)
                 vectors.append(np.asarray(self._net.compute_face_descriptor(rgb, shape), dtype=np.float32))
-                hits.append(FaceHit(i, (x1 / scale, y1 / scale, x2 / scale, y2 / scale), score))
+                hits.append(FaceHit(i, (x1 / scale, y1 / scale, x2 / scale, y2 / scale)))
         if not vectors:
             return np.zeros((0, FACE_DIM), np.float32), []
         return l2_normalise(np.stack(vectors)), hits

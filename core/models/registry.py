@@ -420,7 +420,7 @@ def _ensure(spec: ModelSpec, setting: str, settings: SettingsOrDir, download: bo
     dirs = [*extra_dirs, *_search_dirs(settings)]
     for folder in dirs:
         found = [_find(spec, mf, folder, setting) for mf in spec.files]
-        if all(found):
+        if found[0] is not None and all(found):
             return found[0]
     allowed = download and not offline()
     why = "offline" if download else "downloads are off"
