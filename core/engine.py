@@ -58,9 +58,9 @@ class Engine:
         self.detector
         wanted: dict[tuple[str, str], None] = {}
         for info in self.movies():
-            manifest = read_manifest(info.path) or {"channels": {}}
-            for name, spec in manifest["channels"].items():
-                wanted[(name, spec.get("model", self.settings.model_for(name)))] = None
+            manifest = read_manifest(info.path)
+            for name, spec in (manifest.channels if manifest is not None else {}).items():
+                wanted[(name, spec.model or self.settings.model_for(name))] = None
         if not wanted:
             wanted = {(name, self.settings.model_for(name)): None for name in self.settings.index_channels()}
         for name, model in wanted:
@@ -135,7 +135,7 @@ class Engine:
             cached = self._cache.get(info.slug)
             if cached is not None:
                 manifest = read_manifest(cached.path)
-                if manifest is not None and manifest["build_id"] == cached.info.build_id:
+                if manifest is not None and manifest.build_id == cached.info.build_id:
                     self._cache.move_to_end(info.slug)
                     return cached
                 del self._cache[info.slug]  # re-indexed since it was loaded
@@ -221,7 +221,7 @@ class Engine:
         progress(Progress("search", 0, 1, "step"))
         hits = {}
         for name in use:
-            channel = self.channel_for(name, index.manifest["channels"][name]["model"])
+            channel = self.channel_for(name, index.channel(name).model)
             encoded = channel.encode(crops)
             sims, ids = index.search(name, encoded.vectors, s.search_k)
             hits[name] = (sims, ids)
