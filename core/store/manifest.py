@@ -87,9 +87,6 @@ class StageSeconds(RootModel[dict[str, float]]):
     """Seconds spent per stage of the build ("open", "decode", "detect", "embed_<channel>", …);
     the stages depend on the channels, hence a mapping."""
 
-    def to_json(self) -> dict[str, float]:
-        return dict(self.root)
-
 
 class ManifestDraft(_Record):
     """Everything the indexer records about a build; `IndexWriter.commit` completes it."""
