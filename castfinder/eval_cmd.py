@@ -184,10 +184,10 @@ def run(args: argparse.Namespace, settings) -> int:
         "argv": sys.argv[1:] if sys.argv[1:2] == ["eval"] else None,
         "config": {
             "aggregation": method, "people": args.people, "top": args.top, "depth": depth, "ks": list(ks),
-            "channels": channels or list(index.manifest.get("channels", {})),
+            "channels": channels or list(index.manifest.channels),
             "ties": args.ties, "search_k": settings.search_k,
             "settings": settings.model_dump(mode="json"),
-            "index_manifest": index.manifest,
+            "index_manifest": index.manifest.to_json(),
             "versions": library_versions(),
         },
         "ground_truth": {"path": str(Path(args.ground_truth).resolve()), "forms": truth.forms,

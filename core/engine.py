@@ -76,9 +76,9 @@ class Engine:
         _ = self.detector
         wanted: dict[tuple[str, str], None] = {}
         for info in self.movies():
-            manifest = read_manifest(info.path) or {"channels": {}}
-            for name, spec in manifest["channels"].items():
-                wanted[(name, spec.get("model", self.settings.model_for(name)))] = None
+            manifest = read_manifest(info.path)
+            for name, spec in (manifest.channels if manifest is not None else {}).items():
+                wanted[(name, spec.model or self.settings.model_for(name))] = None
         if not wanted:
             wanted = {(name, self.settings.model_for(name)): None for name in self.settings.index_channels()}
         for name, model in wanted:
@@ -137,7 +137,7 @@ class Engine:
             cached = self._cache.get(info.slug)
             if cached is not None:
                 manifest = read_manifest(cached.path)
-                if manifest is not None and manifest["build_id"] == cached.info.build_id:
+                if manifest is not None and manifest.build_id == cached.info.build_id:
                     self._cache.move_to_end(info.slug)
                     return cached
                 del self._cache[info.slug]  # re-indexed since it was loaded
@@ -256,7 +256,7 @@ class Engine:
         hits: Hits = {}
         for name in use:
             clock = time.perf_counter()
-            encoded = self.channel_for(name, index.manifest["channels"][name]["model"]).encode(crops)
+            encoded = self.channel_for(name, index.channel(name).model).encode(crops)
             speed["embed"] += time.perf_counter() - clock
             clock = time.perf_counter()
             hits[name] = index.search(name, encoded.vectors, self.settings.search_k)

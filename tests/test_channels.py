@@ -165,11 +165,13 @@ def test_a_face_match_lifts_the_whole_track() -> None:
     from types import SimpleNamespace
 
     from core.search.fusion import fuse
+    from core.store import ChannelSpec
 
     calib = Calibration(0.0, 0.1)  # z = similarity / 0.1
     index = SimpleNamespace(
         crop_shot=np.array([1, 1, 2]), crop_track=np.array([7, 7, 8]), face_box={0: (0, 0, 10, 10)},
-        manifest={"channels": {"osnet": {"kind": "body"}, "face": {"kind": "face"}}},
+        channel={"osnet": ChannelSpec(kind="body", dim=3, file="osnet.faiss"),
+                 "face": ChannelSpec(kind="face", dim=3, file="face.faiss")}.__getitem__,
         calibration={"osnet": calib, "face": calib},
     )
     hits = {"osnet": (np.array([[0.26, 0.15, 0.05]]), np.array([[2, 1, 0]])),

@@ -108,6 +108,8 @@ def test_eval_json_report_on_a_synthetic_video(synthetic, tmp_path: Path, capsys
     assert (cfg["aggregation"], cfg["people"], cfg["ties"], cfg["top"], cfg["depth"]) == ("max", "main", "order", 3, 3)
     assert cfg["ks"] == [3, 5, 10, 20] and cfg["settings"]["det_conf"] == 0.0001
     assert cfg["index_manifest"]["build_id"] == report["movie"]["build_id"]
+    # The index's manifest as it is on disk, key for key.
+    assert cfg["index_manifest"] == json.loads((Path(report["movie"]["path"]) / "manifest.json").read_text())
     assert report["command"].startswith("castfinder eval --movie heat ")
     assert any("ghost: ground truth but no query images" in w for w in report["warnings"])
     for name, character in report["characters"].items():

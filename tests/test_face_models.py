@@ -15,6 +15,7 @@ from core.models.face_models import ARCFACE_TEMPLATE, FaceBox, align, assign_fac
 from core.models.factory import make_channel
 from core.search.calibration import Calibration
 from core.search.fusion import expand, fuse, score_units
+from core.store import ChannelSpec
 from tests.conftest import DATA, WEIGHTS
 
 SCRFD = WEIGHTS / "scrfd_2.5g_kps.onnx"
@@ -147,7 +148,8 @@ def _index(crop_shot, crop_track, faces, vectors=None):
     calib = Calibration(0.0, 0.1)  # z = similarity / 0.1; 50% at similarity 0.15
     return SimpleNamespace(
         crop_shot=np.array(crop_shot), crop_track=np.array(crop_track), face_box={i: (0, 0, 10, 10) for i in faces},
-        manifest={"channels": {"reid": {"kind": "body"}, "face": {"kind": "face"}}},
+        channel={"reid": ChannelSpec(kind="body", dim=3, file="reid.faiss"),
+                 "face": ChannelSpec(kind="face", dim=3, file="face.faiss")}.__getitem__,
         calibration={"reid": calib, "face": calib},
         vectors=lambda channel, ids: None if vectors is None else vectors[channel][np.asarray(ids)],
     )

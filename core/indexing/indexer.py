@@ -23,6 +23,7 @@ from ..naming import clean_name, format_ts, slugify
 from ..search import calibration
 from ..settings import Settings
 from ..store import FORMAT_VERSION, Checkpoint, CropRow, IndexWriter, movie_info, read_manifest, tidy_index_dir
+from ..store.manifest import ChannelPlan, Counts, DetectorSpec, ManifestDraft, SourceSpec, StageSeconds
 from ..types import IndexReport, Progress, ProgressCallback, Shot
 from ..versions import library_versions
 from .sources import MovieSource, SampledFrame, in_background, open_source, scene_threshold
@@ -167,28 +168,29 @@ class Indexer:
                 checkpoint = Checkpoint(writer.key or "", [], warnings=list(source.warnings))
             shots, counts = self._process(source, writer, checkpoint, timer, progress)
             warnings = list(dict.fromkeys([*checkpoint.warnings, *source.warnings]))
-            manifest = {
-                "name": name,
-                "source": {"kind": source.kind, "path": str(Path(source_path).resolve()),
-                           "size": _size_of(Path(source_path))},
-                "duration_s": float(source.duration_s),
-                "embedder": (self.primary or self.channels[0]).name,
-                "channels": {c.name: {"model": c.model_name, "kind": c.kind} for c in self.channels},
-                "detector": {**build["detector"], "runtime": self.detector.runtime},
-                "settings": build["settings"],
-                "counts": {"shots": len(shots), **counts},
-                "warnings": warnings,
-                "resumed": checkpoint.resumed,
-                "versions": library_versions(),
-            }
+            assert self.detector is not None  # loaded by _process
+            draft = ManifestDraft(
+                name=name,
+                source=SourceSpec(kind=source.kind, path=str(Path(source_path).resolve()),
+                                  size=_size_of(Path(source_path))),
+                duration_s=float(source.duration_s),
+                embedder=(self.primary or self.channels[0]).name,
+                channels={c.name: ChannelPlan(model=c.model_name, kind=c.kind) for c in self.channels},
+                detector=DetectorSpec(**build["detector"], runtime=self.detector.runtime),
+                settings=build["settings"],
+                counts=Counts(shots=len(shots), **counts),
+                warnings=warnings,
+                resumed=checkpoint.resumed,
+                versions=library_versions(),
+            )
             with timer("write"):
                 progress(Progress("write", 0, 1, "index"))
-                manifest["seconds"] = dict(timer.seconds)
-                manifest["elapsed_s"] = time.perf_counter() - started
+                draft.seconds = StageSeconds(dict(timer.seconds))
+                draft.elapsed_s = time.perf_counter() - started
                 for channel, calib in writer.calibrate(calibration.fit).items():
-                    kind = manifest["channels"][channel]["kind"]
-                    manifest["channels"][channel]["calibration"] = calibration.with_link(calib, kind).to_json()
-                final = writer.commit(manifest, s.faiss_index)
+                    plan = draft.channels[channel]
+                    plan.calibration = calibration.with_link(calib, plan.kind).to_json()
+                final = writer.commit(draft, s.faiss_index)
                 progress(Progress("write", 1, 1, "index"))
         except BaseException:
             # Ctrl-C included: the previous index stays; a build with a checkpoint waits to be resumed.

@@ -60,7 +60,7 @@ def _units(index: MovieIndex, use_tracks: bool) -> tuple[np.ndarray, int]:
 
 
 def _is_body(index: MovieIndex, channel: str) -> bool:
-    return index.manifest["channels"][channel].get("kind", "body") != "face"
+    return index.channel(channel).kind != "face"
 
 
 def body_weights(index: MovieIndex, hits: Hits) -> dict[str, float]:

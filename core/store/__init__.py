@@ -1,7 +1,7 @@
 """On-disk indexes: `<index_dir>/<slug>/` holds
 
-- `manifest.json`: what was built, how, with which models; written last, so its presence with
-  `"complete": true` is what makes an index loadable;
+- `manifest.json`: what was built, how, with which models (`Manifest`, a pydantic model); written
+  last, so its presence with `"complete": true` is what makes an index loadable;
 - `meta.sqlite`: shots and crops (every vector's shot, frame time, box, detection score);
 - `<channel>.faiss`: one FAISS index per embedding channel, vector ids = crop ids;
 - `thumbs/shot_<id>.jpg`: one thumbnail per shot.
@@ -16,13 +16,25 @@ settings (the folder's name and the checkpoint carry a key of both), and starts 
 """
 
 from .layout import BUILDING_PREFIX, CHECKPOINT, FORMAT_VERSION, MANIFEST, META, OLD_PREFIX, VECTORS
-from .manifest import movie_info, read_manifest
+from .manifest import (
+    ChannelPlan,
+    ChannelSpec,
+    Counts,
+    DetectorSpec,
+    Manifest,
+    ManifestDraft,
+    SourceSpec,
+    StageSeconds,
+    movie_info,
+    read_manifest,
+)
 from .reader import MovieIndex, list_indexes
 from .recovery import tidy_index_dir
 from .writer import Checkpoint, CropRow, IndexWriter, build_faiss
 
 __all__ = [
-    "BUILDING_PREFIX", "CHECKPOINT", "Checkpoint", "CropRow", "FORMAT_VERSION", "IndexWriter", "MANIFEST", "META",
-    "MovieIndex", "OLD_PREFIX", "VECTORS", "build_faiss", "list_indexes", "movie_info", "read_manifest",
+    "BUILDING_PREFIX", "CHECKPOINT", "ChannelPlan", "ChannelSpec", "Checkpoint", "Counts", "CropRow", "DetectorSpec",
+    "FORMAT_VERSION", "IndexWriter", "MANIFEST", "META", "Manifest", "ManifestDraft", "MovieIndex", "OLD_PREFIX",
+    "SourceSpec", "StageSeconds", "VECTORS", "build_faiss", "list_indexes", "movie_info", "read_manifest",
     "tidy_index_dir",
 ]

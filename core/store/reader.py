@@ -12,8 +12,8 @@ import numpy as np
 from ..errors import IndexCorruptError
 from ..search.calibration import Calibration
 from ..types import MovieInfo, Shot
-from .layout import META
-from .manifest import movie_info, read_manifest
+from .layout import MANIFEST, META
+from .manifest import ChannelSpec, Manifest, movie_info, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,11 @@ def list_indexes(index_dir: Path) -> list[MovieInfo]:
         if entry.name.startswith(".") or not entry.is_dir():
             continue
         manifest = read_manifest(entry)
-        if manifest is None:
-            continue
-        try:
+        if manifest is not None:
             found.append(movie_info(entry, manifest))
-        except (KeyError, TypeError, ValueError):
-            log.warning("skipping %s: its manifest is malformed", entry)
+        elif (entry / MANIFEST).exists():
+            log.warning("skipping %s: its manifest is not that of a complete index of this version "
+                        "(rebuild it with `castfinder index`)", entry)
     return found
 
 
@@ -46,22 +45,23 @@ class MovieIndex:
         if manifest is None:
             raise IndexCorruptError(f"{path} is not a complete index; rebuild it with `castfinder index`.")
         self.path = path
-        self.manifest = manifest
+        self.manifest: Manifest = manifest
         try:
             self.info = movie_info(path, manifest)
             self.faiss: dict[str, faiss.Index] = {}
             self.calibration: dict[str, Calibration] = {}
-            for channel, spec in manifest["channels"].items():
-                data = np.fromfile(path / spec["file"], dtype=np.uint8)
+            for channel, spec in manifest.channels.items():
+                data = np.fromfile(path / spec.file, dtype=np.uint8)
                 self.faiss[channel] = faiss.deserialize_index(data)
                 if isinstance(faiss.downcast_index(self.faiss[channel]), faiss.IndexIVF):
-                    # Propagation reads stored vectors back by crop id.
-                    faiss.extract_index_ivf(self.faiss[channel]).set_direct_map_type(faiss.DirectMap.Hashtable)
-                self.calibration[channel] = Calibration.from_json(spec.get("calibration"))
+                    # Propagation reads stored vectors back by crop id. (faiss's bundled stubs lack DirectMap.)
+                    hashtable = faiss.DirectMap.Hashtable  # type: ignore[attr-defined]
+                    faiss.extract_index_ivf(self.faiss[channel]).set_direct_map_type(hashtable)
+                self.calibration[channel] = Calibration.from_json(spec.calibration)
             self._load_meta(path / META)
         except (OSError, KeyError, RuntimeError, sqlite3.Error, ValueError) as exc:
             raise IndexCorruptError(
-                f"The index of {manifest.get('name', path.name)!r} is damaged ({exc}); rebuild it with `castfinder index`."
+                f"The index of {manifest.name!r} is damaged ({exc}); rebuild it with `castfinder index`."
             ) from exc
 
     def _load_meta(self, db_path: Path) -> None:
@@ -88,6 +88,10 @@ class MovieIndex:
         self.crop_track = table[:, 7].astype(np.int64)
         self.face_box = {int(r[0]): tuple(r[1:]) for r in faces}
 
+    def channel(self, name: str) -> ChannelSpec:
+        """What the manifest says of channel `name` (its model, kind, dim, …); KeyError if the index lacks it."""
+        return self.manifest.channels[name]
+
     def vectors(self, channel: str, crop_ids: np.ndarray) -> np.ndarray | None:
         """The stored vectors of some crops (FAISS ids), or None where the index cannot give them back."""
         index = self.faiss[channel]
@@ -104,6 +108,7 @@ class MovieIndex:
         base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
         if isinstance(base, faiss.IndexHNSWFlat):
             # A per-call parameter object keeps concurrent searches from racing on efSearch.
-            params = faiss.SearchParametersHNSW(efSearch=max(k, HNSW_EF_SEARCH_MIN))
+            # (faiss's bundled stubs lack SearchParametersHNSW.)
+            params = faiss.SearchParametersHNSW(efSearch=max(k, HNSW_EF_SEARCH_MIN))  # type: ignore[attr-defined]
             return index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
         return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

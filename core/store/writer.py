@@ -12,18 +12,22 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable, Sequence, TypeVar
 
 import faiss
 import numpy as np
 from PIL import Image
+from pydantic import JsonValue
 
 from ..errors import BadInputError
-from ..types import Shot
+from ..types import BBox, Shot
 from .layout import BUILDING_PREFIX, CHECKPOINT, FORMAT_VERSION, MANIFEST, META, OLD_PREFIX, PID, THUMBS, VECTORS
-from .manifest import write_json_durably
+from .manifest import Manifest, ManifestDraft, write_json_durably
 from .recovery import pid_alive, pid_of
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
@@ -88,15 +92,17 @@ def build_faiss(vectors: np.ndarray, ids: np.ndarray, kind: str) -> tuple[faiss.
             return index, "ivf"
         log.info("only %d vectors: too few for IVF, building a flat index", n)
         kind = "flat"
+    base: faiss.Index
     if kind == "hnsw":
-        base = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        base = hnsw
     else:
         base = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIDMap2(base)
+    mapped = faiss.IndexIDMap2(base)
     if n:
-        index.add_with_ids(vectors, ids)
-    return index, kind
+        mapped.add_with_ids(vectors, ids)
+    return mapped, kind
 
 
 @dataclass
@@ -250,26 +256,27 @@ class IndexWriter:
         )
 
     def add_crops(self, rows: list[CropRow], vectors: dict[str, tuple[np.ndarray, np.ndarray]],
-                  faces: list[tuple[int, tuple[float, float, float, float]]] = ()) -> None:
+                  faces: Sequence[tuple[int, BBox]] = ()) -> None:
         """`vectors`: per channel, the vectors and which of `rows` they belong to (a face channel
         covers only the crops with a face); `faces`: (row, face box in frame pixels)."""
         ids = np.arange(self._next_crop, self._next_crop + len(rows), dtype=np.int64)
         self._next_crop += len(rows)
         self.db.executemany(
             "INSERT INTO crops VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [(int(i), r.shot_id, r.frame_index, r.frame_s, *r.bbox, r.det_score, r.track_id) for i, r in zip(ids, rows)],
+            [(int(i), r.shot_id, r.frame_index, r.frame_s, *r.bbox, r.det_score, r.track_id)
+             for i, r in zip(ids, rows)],
         )
         self.db.executemany("INSERT INTO faces VALUES (?,?,?,?,?)", [(int(ids[row]), *box) for row, box in faces])
         for channel, (vecs, which) in vectors.items():
             self._files[channel].append(vecs, ids[np.asarray(which, dtype=np.int64)])
 
-    def calibrate(self, fit) -> dict[str, object]:
+    def calibrate(self, fit: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], T]) -> dict[str, T]:
         """Per channel, `fit(vectors, frames, boxes, shots)` over everything added so far."""
         self.db.commit()
         meta = np.asarray(self.db.execute(
             "SELECT frame_index, shot_id, x1, y1, x2, y2 FROM crops ORDER BY id").fetchall(),
             dtype=np.float64).reshape(-1, 6)
-        out = {}
+        out: dict[str, T] = {}
         for channel, file in self._files.items():
             vecs, ids = file.read()
             if len(ids) < 2:
@@ -277,10 +284,12 @@ class IndexWriter:
             out[channel] = fit(vecs, meta[ids, 0].astype(np.int64), meta[ids, 2:6], meta[ids, 1].astype(np.int64))
         return out
 
-    def commit(self, manifest: dict, faiss_kind: str) -> Path:
+    def commit(self, draft: ManifestDraft, faiss_kind: str) -> Path:
+        """Build each channel's FAISS index, write the manifest (`draft` completed with what only
+        the writer knows) and swap the folder into place; returns the index's folder."""
         self.db.commit()
         self.db.close()
-        channels = {}
+        channels: dict[str, JsonValue] = {}
         for channel, file in self._files.items():
             vecs, ids = file.read()
             file.close()
@@ -289,15 +298,18 @@ class IndexWriter:
             name = f"{channel}.faiss"
             (self.tmp / name).write_bytes(faiss.serialize_index(index).tobytes())
             del index
-            channels[channel] = {**manifest["channels"].get(channel, {}), "dim": file.dim, "file": name,
+            plan = draft.channels.get(channel)
+            channels[channel] = {**(plan.to_json() if plan is not None else {}), "dim": file.dim, "file": name,
                                  "vectors": int(len(ids)), "faiss": built}
         shutil.rmtree(self.tmp / VECTORS, ignore_errors=True)
-        manifest = {**manifest, "format": FORMAT_VERSION, "complete": True, "channels": channels,
-                    "slug": self.slug, "build_id": uuid.uuid4().hex,
-                    "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        # Validated as any manifest is when read: what is written here is what loads.
+        manifest = Manifest.model_validate({
+            **draft.to_json(), "channels": channels, "format": FORMAT_VERSION, "complete": True, "slug": self.slug,
+            "build_id": uuid.uuid4().hex, "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
         for leftover in (PID, CHECKPOINT):
             (self.tmp / leftover).unlink(missing_ok=True)
-        write_json_durably(self.tmp / MANIFEST, manifest)
+        write_json_durably(self.tmp / MANIFEST, manifest.to_json())
         return self._swap_in()
 
     def _swap_in(self) -> Path:
