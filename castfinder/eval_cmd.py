@@ -43,6 +43,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+from castfinder.common import EXIT_USAGE, channel_list, console, engine_output_to_stderr, fail
+
 TIE_CHOICES = ("pessimistic", "order")  # = core.evaluation.TIE_MODES (kept here: no heavy import)
 REPORT_FORMAT = 1
 
@@ -74,7 +76,6 @@ def add_parser(subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, settings) -> int:
-    from castfinder import cli
     from core import BadInputError, Engine, QueryImage
     from core.evaluation import (
         DEFAULT_KS,
@@ -88,16 +89,16 @@ def run(args: argparse.Namespace, settings) -> int:
 
     started = time.perf_counter()
     if args.top < 1:
-        return cli._fail("--top must be at least 1", cli.EXIT_USAGE)
+        return fail("--top must be at least 1", EXIT_USAGE)
     if args.search_k is not None:
         if args.search_k < 1:
-            return cli._fail("--search-k must be at least 1", cli.EXIT_USAGE)
+            return fail("--search-k must be at least 1", EXIT_USAGE)
         settings = settings.model_copy(update={"search_k": args.search_k})
     ks = tuple(sorted(set(DEFAULT_KS) | {args.top}))
     quiet = args.quiet
 
     queries = collect_queries(args.queries)
-    with cli._engine_output_to_stderr():
+    with engine_output_to_stderr():
         engine = Engine(settings, load_models=False)
         info = engine.resolve_movie(args.movie)  # before loading models: fail fast on a typo
         index = engine.open_index(info)
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace, settings) -> int:
 
     method = args.aggregation or settings.aggregation
     search_options = {}
-    channels = cli.channel_list(args.search_channels)
+    channels = channel_list(args.search_channels)
     if channels:
         search_options["channels"] = channels
     depth = max(args.top, len(index.shots))
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace, settings) -> int:
         for name, paths, t in pairs:
             if progress is not None:
                 progress.set_postfix_str(name, refresh=True)
-            with cli._engine_output_to_stderr():
+            with engine_output_to_stderr():
                 response = engine.search(info, [QueryImage(p, select=args.people, name=str(p)) for p in paths],
                                          top=depth, aggregation=method, **search_options)
             ranking = [r.shot_id for r in response.results]
@@ -223,7 +224,7 @@ def run(args: argparse.Namespace, settings) -> int:
         for path in report["plots"].values():
             print(f"Saved {path}", file=sys.stderr)
         return 0
-    _print_table(cli._console(), report, scored, shots, ks, args.top)
+    _print_table(console(), report, scored, shots, ks, args.top)
     return 0
 
 
@@ -326,8 +327,6 @@ def _command_line(args, settings, method: str) -> str:
              "--embedder", settings.embedder, "--dinov2-model", settings.dinov2_model,
              "--clip-model", settings.clip_model, "--device", settings.device]
     parts += ["--osnet-model", settings.osnet_model, "--face-detector", settings.face_detector]
-    from castfinder.cli import channel_list
-
     channels = channel_list(args.search_channels)
     if channels:
         parts += ["--channels", ",".join(channels)]
