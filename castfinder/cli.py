@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 # Libraries print loading bars and banners; on a terminal our own progress bars say enough.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -228,10 +228,12 @@ def cmd_movies(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _parse_people(value: str) -> str | tuple[int, ...]:
+def _parse_people(value: str) -> Literal["main", "all"] | tuple[int, ...]:
     value = value.strip().lower()
-    if value in ("main", "all"):
-        return value
+    if value == "main":
+        return "main"
+    if value == "all":
+        return "all"
     try:
         picked = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
