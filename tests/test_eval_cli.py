@@ -167,7 +167,7 @@ def test_json_keeps_its_keys_and_adds_the_annotated_view(synthetic, capsys) -> N
     assert set(summary["annotated"]) == {"map", "characters_scored", "mean_precision", "mean_recall", "first_in_top3"}
     gt = report["ground_truth"]
     assert gt["annotated_shots"] == 6 and set(gt["indexed_to_annotated"]) == {"1", "2", "3"}
-    for name, c in report["characters"].items():
+    for c in report["characters"].values():
         assert CHARACTER_KEYS <= set(c) and {"first_rank", "annotated"} <= set(c)
         assert c["first_rank"] == c["first_relevant_rank"]
         assert all(set(r) == RANKED_SHOT_KEYS for r in c["ranking"])  # the ranking's fields, unchanged
