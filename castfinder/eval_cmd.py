@@ -98,8 +98,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     plot_dir = prepare_plot_dir(args.plots) if args.plots is not None else None  # before the searches
 
     method = args.aggregation or settings.aggregation
-    request = EvalRequest(movie=args.movie, ground_truth=Path(args.ground_truth), queries=Path(args.queries),
-                          top=args.top, aggregation=method, people=args.people, ties=args.ties,
+    request = EvalRequest(ground_truth=Path(args.ground_truth), queries=Path(args.queries), top=args.top,
+                          aggregation=method, people=args.people, ties=args.ties,
                           channels=tuple(channel_list(args.search_channels)))
     bar = None if args.quiet else _progress(len(planned.characters))
     try:

@@ -54,7 +54,7 @@ def run(tmp_path: Path):
     queries = {"Navy": [folder / "Navy_1.png", folder / "Navy_2.png"], "red": [folder / "red_1.png"],
                "blue": [folder / "blue_1.png"]}
     index = SimpleNamespace(shots={s.id: s for s in SHOTS}, manifest={"build_id": "b1", "channels": {"dinov2": {}}})
-    request = EvalRequest(movie="heat", ground_truth=gt, queries=folder, top=2, aggregation="max", ties="order")
+    request = EvalRequest(ground_truth=gt, queries=folder, top=2, aggregation="max", ties="order")
     engine = ScriptedEngine()
     steps: list[tuple[int, str | None]] = []
     planned = plan(queries, truth, folder)

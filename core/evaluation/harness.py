@@ -9,7 +9,7 @@ as the sort key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ..engine import Engine
     from ..settings import Settings
     from ..store import MovieIndex
-    from ..types import MovieInfo, SearchResponse, Shot
+    from ..types import MovieInfo, SearchResponse
 
 PeopleMode = Literal["main", "all"]  # whom to search for in each query image
 # Called with (characters done, the character being searched now, or None once it is done).
@@ -34,7 +34,6 @@ EvalProgress = Callable[[int, str | None], None]
 class EvalRequest:
     """What to evaluate and how: the options of `castfinder eval`."""
 
-    movie: str  # as the user gave it: the ground truth's `movie` column is matched against it too
     ground_truth: Path
     queries: Path
     top: int  # ranked shots listed per character, and an extra cut-off
@@ -86,10 +85,6 @@ class Evaluation:
     results: dict[str, CharacterResult]  # by character, in query order
     warnings: list[str]
     evaluated_at: str  # UTC, ISO 8601, when the searches ended
-
-    @property
-    def shots(self) -> Mapping[int, Shot]:
-        return self.index.shots
 
 
 def plan(queries: dict[str, list[Path]], truth: GroundTruth, queries_dir: Path) -> Plan:
