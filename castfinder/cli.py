@@ -1,25 +1,42 @@
-"""`castfinder`: index movies, list them, search them by screenshots, run the bot."""
+"""`castfinder`: index movies, list them, search them by screenshots, run the bot.
+
+Importing this module is cheap: each command imports the engine (and with it FAISS, OpenCV,
+torch) when it runs, so `castfinder --help` and a usage error answer at once. What the commands
+share is in castfinder/common.py; `castfinder eval` is castfinder/eval_cmd.py.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 # Libraries print loading bars and banners; on a terminal our own progress bars say enough.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from castfinder import eval_cmd  # noqa: E402  (stdlib-only at import time)
+from castfinder import eval_cmd  # noqa: E402  (cheap at import time, as is common)
+from castfinder.common import (  # noqa: E402
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    aggregation_flag,
+    channel_list,
+    choices,
+    console,
+    engine_output_to_stderr,
+    fail,
+    model_flags,
+    search_flags,
+)
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
+
+    from core import Progress, Settings
 
 STAGE_LABELS = {
     "shots": "Finding shots",
@@ -30,53 +47,15 @@ STAGE_LABELS = {
 }
 
 
-def _model_flags() -> argparse.ArgumentParser:
-    """Flags shared by the commands that load models; each overrides a CASTFINDER_ setting."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("models and storage (override CASTFINDER_* settings)")
-    g.add_argument("--index-dir", type=Path, help="where indexes live (CASTFINDER_INDEX_DIR)")
-    g.add_argument("--detector", help="YOLO model name or path (CASTFINDER_DETECTOR)")
-    g.add_argument("--person-classes", help="comma list of person class ids (CASTFINDER_PERSON_CLASSES)")
-    g.add_argument("--embedder", choices=["dinov2", "clip"], help="embedding model family (CASTFINDER_EMBEDDER)")
-    g.add_argument("--dinov2-model", help="HF id or local folder (CASTFINDER_DINOV2_MODEL)")
-    g.add_argument("--clip-model", help="HF id or local folder (CASTFINDER_CLIP_MODEL)")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="CASTFINDER_DEVICE")
-    g.add_argument("--det-runtime", choices=["auto", "openvino", "torch"],
-                   help="person detector runtime (CASTFINDER_DET_RUNTIME; auto: OpenVINO on the CPU)")
-    g.add_argument("--reid-model", help="body re-id model: reid_0277 or a path (CASTFINDER_REID_MODEL)")
-    g.add_argument("--osnet-model", help="OSNet re-id model: osnet_x0_25 or an ONNX path (CASTFINDER_OSNET_MODEL)")
-    g.add_argument("--face-detector", help="scrfd_2.5g, scrfd_500m, yunet, hog, cnn or a path (CASTFINDER_FACE_DETECTOR)")
-    g.add_argument("--face-model", help="edgeface_xs, dlib or an ONNX path (CASTFINDER_FACE_MODEL)")
-    g.add_argument("--threads", type=int, dest="torch_threads", help="torch CPU threads (CASTFINDER_TORCH_THREADS)")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    g.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
-    return p
-
-
-def search_flags() -> argparse.ArgumentParser:
-    """Flags of the commands that search (`search`, `eval`)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--channels", dest="search_channels",
-                   help="search only these of the index's channels, e.g. face (default: all of them)")
-    p.add_argument("--no-tracks", action="store_false", dest="tracks", default=None,
-                   help="fuse channels per crop instead of per tracked person (CASTFINDER_TRACKS)")
-    p.add_argument("--no-expand", action="store_false", dest="expand", default=None,
-                   help="one round of search: no second round from the confident matches (CASTFINDER_EXPAND)")
-    return p
-
-
-def channel_list(value: str | None) -> list[str]:
-    """`--channels face, OSNet` → ["face", "osnet"]."""
-    return list(dict.fromkeys(v.strip().lower() for v in (value or "").split(",") if v.strip()))
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from core.settings import CHANNELS, FaissKind
+
     parser = argparse.ArgumentParser(
         prog="castfinder",
         description="Find the shots of a movie in which a character appears, from screenshots.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    flags = _model_flags()
+    flags = model_flags()
     searching = search_flags()
 
     p = sub.add_parser("index", parents=[flags], help="index a movie (a video file or a frames folder)",
@@ -84,14 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "only once the new one is complete.")
     p.add_argument("source", type=Path, help="video file (mp4, mkv, avi, webm, mov) or frames folder")
     p.add_argument("--movie", required=True, help='the movie\'s name, e.g. "Losing Ground"')
-    p.add_argument("--fps", type=float, dest="sample_fps", help="frames sampled per second inside shots (default 1; CASTFINDER_SAMPLE_FPS)")
+    p.add_argument("--fps", type=float, dest="sample_fps",
+                   help="frames sampled per second inside shots (default 1; CASTFINDER_SAMPLE_FPS)")
     p.add_argument("--frames-fps", type=float, dest="frames_fps",
                    help="frame rate that a frames folder's frames were taken at (default 5)")
-    p.add_argument("--faiss", choices=["flat", "ivf", "hnsw"], dest="faiss_index", help="FAISS index type")
+    p.add_argument("--faiss", choices=choices(FaissKind), dest="faiss_index", help="FAISS index type")
     p.add_argument("--no-dedup", action="store_false", dest="dedup", default=None,
                    help="keep near-duplicate crops inside a shot")
     p.add_argument("--dedup-threshold", type=float, help="cosine similarity above which a crop is a duplicate")
-    p.add_argument("--channels", help="comma list from face, reid, osnet, dinov2, clip (CASTFINDER_CHANNELS)")
+    p.add_argument("--channels", help=f"comma list from {', '.join(CHANNELS)} (CASTFINDER_CHANNELS)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("movies", parents=[flags], help="list indexed movies")
@@ -102,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, help="screenshots of the character")
     p.add_argument("--movie", required=True, help="name, slug or unambiguous prefix")
     p.add_argument("--top", type=int, default=5, help="number of shots to return (default 5)")
-    p.add_argument("--aggregation", choices=["max", "frequency", "rrf"], help="how hits make a shot's score")
+    aggregation_flag(p)
     p.add_argument("--people", default="main",
                    help='whom to search for in each image: "main" (the most prominent person, default), '
                         '"all", or 1-based numbers such as "1,3" (see `castfinder people`)')
@@ -124,12 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The flags that override a setting of the same name.
 _OVERRIDES = ("index_dir", "detector", "person_classes", "embedder", "dinov2_model", "clip_model", "device",
-              "torch_threads", "det_runtime", "sample_fps", "frames_fps", "faiss_index", "dedup", "dedup_threshold", "aggregation",
-              "osnet_model", "reid_model", "face_detector", "face_model", "tracks", "expand", "channels")
+              "torch_threads", "det_runtime", "sample_fps", "frames_fps", "faiss_index", "dedup", "dedup_threshold",
+              "aggregation", "osnet_model", "reid_model", "face_detector", "face_model", "tracks", "expand",
+              "channels")
 
 
-def make_settings(args: argparse.Namespace):
+def make_settings(args: argparse.Namespace) -> Settings:
     from pydantic import ValidationError
 
     from core import Settings
@@ -139,12 +121,7 @@ def make_settings(args: argparse.Namespace):
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        raise SystemExit(_fail(f"invalid settings: {problems}", EXIT_USAGE))
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> int:
-    print(f"castfinder: error: {message}", file=sys.stderr)
-    return code
+        raise SystemExit(fail(f"invalid settings: {problems}", EXIT_USAGE)) from None
 
 
 class _Bars:
@@ -152,9 +129,9 @@ class _Bars:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.bars: dict[str, object] = {}
+        self.bars: dict[str, Any] = {}  # tqdm bars, by stage
 
-    def __call__(self, event) -> None:
+    def __call__(self, event: Progress) -> None:
         if not self.enabled:
             return
         from tqdm import tqdm
@@ -179,25 +156,11 @@ class _Bars:
         self.bars.clear()
 
 
-def _console():
-    from rich.console import Console
-
-    # Piped output is read by people and scripts alike: don't squeeze it into 80 columns.
-    return Console() if sys.stdout.isatty() else Console(width=200)
-
-
-@contextlib.contextmanager
-def _engine_output_to_stderr() -> Iterator[None]:
-    """Keep stdout for our results alone (`--json` must print exactly one object)."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
-
-
-def cmd_index(args, settings) -> int:
+def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
     from core import Engine, format_ts
 
     bars = _Bars(not args.quiet)
-    with _engine_output_to_stderr():
+    with engine_output_to_stderr():
         engine = Engine(settings, load_models=False)  # index() loads the channels it builds
         try:
             report = engine.index(args.source, args.movie, progress=bars)
@@ -223,7 +186,8 @@ def cmd_index(args, settings) -> int:
     if report.resumed_at_s is not None:
         print(f"  resumed from a checkpoint at {format_ts(report.resumed_at_s, decimals=1)}")
     still = f" ({report.frames_still} more skipped as still)" if report.frames_still else ""
-    print(f"  {report.shots} shots over {format_ts(m.duration_s, decimals=1)}, {report.frames_sampled} frames sampled{still}")
+    print(f"  {report.shots} shots over {format_ts(m.duration_s, decimals=1)}, "
+          f"{report.frames_sampled} frames sampled{still}")
     print(f"  {report.persons_detected} people found, {report.crops_kept} kept, "
           f"{report.duplicates_dropped} near-duplicate{'' if report.duplicates_dropped == 1 else 's'} dropped")
     if report.shots_without_people:
@@ -235,7 +199,7 @@ def cmd_index(args, settings) -> int:
     return 0
 
 
-def cmd_movies(args, settings) -> int:
+def cmd_movies(args: argparse.Namespace, settings: Settings) -> int:
     from core import Engine, format_ts
 
     movies = Engine(settings, load_models=False).movies()
@@ -252,39 +216,43 @@ def cmd_movies(args, settings) -> int:
     from rich.table import Table
 
     table = Table(title=f"Indexed movies ({settings.index_dir})")
-    for col, justify in (("movie", "left"), ("slug", "left"), ("duration", "right"), ("shots", "right"),
-                         ("frames", "right"), ("vectors", "right"), ("embedder", "left"), ("built", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("movie", "left"), ("slug", "left"), ("duration", "right"), ("shots", "right"), ("frames", "right"),
+        ("vectors", "right"), ("embedder", "left"), ("built", "left"))
+    for col, justify in columns:
         table.add_column(col, justify=justify, no_wrap=col != "movie", overflow="fold")
     for m in movies:
         table.add_row(m.name, m.slug, format_ts(m.duration_s, decimals=0), str(m.shots), str(m.frames),
                       str(m.vectors), f"{m.embedder} ({m.dim}-d)", m.built_at.replace("T", " ")[:16])
-    _console().print(table)
+    console().print(table)
     return 0
 
 
-def _parse_people(value: str):
+def _parse_people(value: str) -> Literal["main", "all"] | tuple[int, ...]:
     value = value.strip().lower()
-    if value in ("main", "all"):
-        return value
+    if value == "main":
+        return "main"
+    if value == "all":
+        return "all"
     try:
         picked = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         picked = ()
     if not picked or min(picked) < 1:
-        raise SystemExit(_fail(f'--people takes "main", "all" or numbers like 1,3; got {value!r}', EXIT_USAGE))
+        raise SystemExit(fail(f'--people takes "main", "all" or numbers like 1,3; got {value!r}', EXIT_USAGE))
     return picked
 
 
-def cmd_search(args, settings) -> int:
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from core import Engine, QueryImage, format_ts
 
     if args.top < 1:
-        return _fail("--top must be at least 1", EXIT_USAGE)
+        return fail("--top must be at least 1", EXIT_USAGE)
     select = _parse_people(args.people)
     for image in args.images:
         if not image.is_file():
-            return _fail(f"{image}: no such file")
-    with _engine_output_to_stderr():
+            return fail(f"{image}: no such file")
+    with engine_output_to_stderr():
         engine = Engine(settings, load_models=False)
         # Before any model loads: fail fast on a typo. The index's own channels load on demand.
         info = engine.resolve_movie(args.movie)
@@ -296,28 +264,29 @@ def cmd_search(args, settings) -> int:
         return 0
     from rich.table import Table
 
-    console = _console()
+    out = console()
     if response.whole_image_queries:
-        console.print(f"[yellow]No person found in {response.whole_image_queries} image(s): searched the whole image.[/]")
+        out.print(f"[yellow]No person found in {response.whole_image_queries} image(s): searched the whole image.[/]")
     if not response.results:
-        console.print(f"No shots of {response.movie!r} matched.")
+        out.print(f"No shots of {response.movie!r} matched.")
         return 0
     table = Table(title=f"{response.movie}: best shots ({response.aggregation})")
-    for col, justify in (("#", "right"), ("shot", "right"), ("start–end", "left"), ("score", "right"),
-                         ("thumbnail", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("#", "right"), ("shot", "right"), ("start–end", "left"), ("score", "right"), ("thumbnail", "left"))
+    for col, justify in columns:
         table.add_column(col, justify=justify, no_wrap=col != "thumbnail", overflow="fold")
     for r in response.results:
         shot = f"{r.scene}/{r.shot}" if r.scene is not None else str(r.shot)
         score = f"{r.score:.3f}" + (" (weak)" if r.low_confidence else "")
         table.add_row(str(r.rank), shot, f"{format_ts(r.start_s)}–{format_ts(r.end_s)}", score, r.thumbnail)
-    console.print(table)
+    out.print(table)
     return 0
 
 
-def cmd_people(args, settings) -> int:
+def cmd_people(args: argparse.Namespace, settings: Settings) -> int:
     from core import Engine
 
-    with _engine_output_to_stderr():
+    with engine_output_to_stderr():
         engine = Engine(settings, load_models=False)
         people = engine.find_people(args.image)
     if not people:
@@ -338,7 +307,7 @@ def _size(n: int | None) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.0f} kB"
 
 
-def cmd_models(args, settings) -> int:
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from core.models import registry
 
     if args.models_dir is not None:
@@ -366,8 +335,10 @@ def cmd_models(args, settings) -> int:
     labels = {"models dir": "yes", "cache": "yes", "ultralytics": "yes", "huggingface cache": "yes",
               "convertible": "yes (converts on first use)", "mismatch": "[red]wrong file[/]"}
     table = Table(title=f"Models (models dir {models_dir}; cache {cache})")
-    for col, justify in (("model", "left"), ("kind", "left"), ("local", "left"), ("where", "left"),
-                         ("size", "right"), ("licence", "left"), ("commercial", "left"), ("source", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("model", "left"), ("kind", "left"), ("local", "left"), ("where", "left"), ("size", "right"),
+        ("licence", "left"), ("commercial", "left"), ("source", "left"))
+    for col, justify in columns:
         table.add_column(col, justify=justify, no_wrap=col in ("model", "kind", "size", "commercial"),
                          overflow="fold")
     for st in statuses:
@@ -376,15 +347,16 @@ def cmd_models(args, settings) -> int:
                  else "not here (offline)" if registry.offline() else "downloads on first use")
         table.add_row(st.spec.name, st.spec.kind, local, where, _size(st.size), st.spec.licence,
                       "yes" if st.spec.commercial_use else "[yellow]no[/]", st.spec.source)
-    console = _console()
-    console.print(table)
+    out = console()
+    out.print(table)
     for st in statuses:
         if st.problem:
-            console.print(f"[red]{st.spec.name}[/]: {st.problem}")
+            out.print(f"[red]{st.spec.name}[/]: {st.problem}")
     return 0
 
 
-COMMANDS = {"index": cmd_index, "movies": cmd_movies, "search": cmd_search, "people": cmd_people, "models": cmd_models, "eval": eval_cmd.run}
+COMMANDS = {"index": cmd_index, "movies": cmd_movies, "search": cmd_search, "people": cmd_people,
+            "models": cmd_models, "eval": eval_cmd.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -402,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = make_settings(args)
         return COMMANDS[args.command](args, settings)
     except CastfinderError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except KeyboardInterrupt:
         print("\ninterrupted; nothing was changed.", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -49,8 +49,8 @@ def query(tmp_path: Path) -> Path:
 def test_search_prints_a_table_with_times_and_thumbnails(indexed: Path, query: Path, capsys) -> None:
     assert main(["search", "--movie", "heat", "--top", "2", str(query)]) == 0
     out = capsys.readouterr().out
-    squeezed = out.replace("\n", "").replace("│", "").replace(" ", "")  # the table may wrap the thumbnail's path
-    assert "Heat (1995)" in out and "00:00:0" in out and "thumbs" in squeezed
+    unwrapped = out.replace("\n", "").replace("│", "").replace(" ", "")  # the thumbnail column folds long paths
+    assert "Heat (1995)" in out and "00:00:0" in out and "thumbs" in unwrapped
 
 
 def test_search_json_is_one_object_with_the_stable_schema(indexed: Path, query: Path, capsys) -> None:
@@ -117,3 +117,66 @@ def test_the_console_script_runs(env: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "castfinder", "search", "--movie", "x"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "images" in proc.stderr
+
+
+def _choices_by_command() -> dict[str, dict[str, list[str]]]:
+    """{command: {dest: choices}} of every option of every sub-command that has choices."""
+    import argparse
+
+    from castfinder.cli import build_parser
+
+    parser = build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {name: {a.dest: list(a.choices) for a in p._actions if a.choices is not None}
+            for name, p in sub.choices.items()}
+
+
+def test_every_choice_list_is_the_settings_literal() -> None:
+    """The CLI never retypes the values a setting accepts: each choice list is the Literal's."""
+    from typing import get_args
+
+    from core.evaluation.harness import PeopleMode
+    from core.evaluation.metrics import TieMode
+    from core.settings import Aggregation, DetRuntime, DeviceName, EmbedderName, FaissKind, Settings
+
+    expected = {"embedder": EmbedderName, "device": DeviceName, "det_runtime": DetRuntime,
+                "faiss_index": FaissKind, "aggregation": Aggregation, "ties": TieMode, "people": PeopleMode}
+    found = _choices_by_command()
+    seen = set()
+    for command, options in found.items():
+        for dest, values in options.items():
+            assert dest in expected, f"{command} --{dest}: choices that do not come from a Literal"
+            assert values == list(get_args(expected[dest])), (command, dest)
+            seen.add(dest)
+    assert seen == set(expected)
+    # Where the option is a setting, the Literal is the field's own type: every value is accepted.
+    for dest in ("embedder", "device", "det_runtime", "faiss_index", "aggregation"):
+        assert Settings.model_fields[dest].annotation == expected[dest]
+    assert found["eval"]["aggregation"] == found["search"]["aggregation"]
+    assert {c for c, o in found.items() if "device" in o} == {"index", "movies", "search", "people", "eval"}
+
+
+@pytest.mark.parametrize(("flag", "dest"), [("--embedder", "embedder"), ("--device", "device"),
+                                            ("--det-runtime", "det_runtime"), ("--faiss", "faiss_index")])
+def test_each_choice_reaches_the_settings(flag: str, dest: str) -> None:
+    from castfinder.cli import build_parser, make_settings
+
+    for value in _choices_by_command()["index"][dest]:
+        args = build_parser().parse_args(["index", "film.mp4", "--movie", "m", flag, value])
+        assert getattr(make_settings(args), dest) == value
+
+
+def test_the_cli_imports_no_engine_until_a_command_runs() -> None:
+    """`castfinder --help` and usage errors answer without loading FAISS, OpenCV or torch, and
+    the CLI's modules form a tree: common imports neither command module, eval_cmd not cli."""
+    code = ("import sys\n"
+            "import castfinder.common\n"
+            "assert not {'castfinder.cli', 'castfinder.eval_cmd'} & set(sys.modules)\n"
+            "import castfinder.eval_cmd\n"
+            "assert 'castfinder.cli' not in sys.modules\n"
+            "from castfinder.cli import build_parser\n"
+            "build_parser().parse_args(['eval', '--movie', 'm', '--ground-truth', 'g', '--queries', 'q'])\n"
+            "print(sorted({'faiss', 'cv2', 'torch', 'numpy', 'transformers', 'rich'} & set(sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from castfinder import cli, eval_cmd
+from castfinder import cli, common, eval_cmd
 from core.evaluation import TIE_MODES, score_ranking
 from tests.conftest import DATA, PERSON_DETECTOR, TITANIC, requires_shared
 from tests.media import make_video
@@ -318,7 +318,7 @@ def test_parser_registration_and_tie_modes_agree() -> None:
     assert eval_cmd.TIE_CHOICES == TIE_MODES
     parser = argparse.ArgumentParser(prog="castfinder")
     sub = parser.add_subparsers(dest="command")
-    eval_cmd.add_parser(sub, [cli._model_flags(), cli.search_flags()])
+    eval_cmd.add_parser(sub, [common.model_flags(), common.search_flags()])
     args = parser.parse_args(["eval", "--movie", "m", "--ground-truth", "g.csv", "--queries", "q",
                               "--embedder", "clip", "--aggregation", "frequency"])
     assert (args.command, args.top, args.people, args.ties, args.json, args.plots) == ("eval", 20, "main",
