@@ -44,18 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bot")
 
-COMMANDS_PRIVATE = [
-    BotCommand(command="movies", description="Indexed movies, to pick one"),
-    BotCommand(command="movie", description="Set or show this chat's movie"),
-    BotCommand(command="topk", description="Results per query (1-20)"),
-    BotCommand(command="help", description="How to use the bot"),
-]
-COMMANDS_GROUP = [
-    BotCommand(command="movie", description="Set the movie, or caption a screenshot with it"),
-    BotCommand(command="movies", description="Indexed movies"),
-    BotCommand(command="topk", description="Results per query (1-20)"),
-    BotCommand(command="help", description="How to use the bot"),
-]
+COMMANDS_PRIVATE = [BotCommand(command=c, description=d) for c, d in texts.command_menu(group=False)]
+COMMANDS_GROUP = [BotCommand(command=c, description=d) for c, d in texts.command_menu(group=True)]
 
 
 @dataclass
@@ -174,13 +164,15 @@ async def _set_commands(bot: Bot) -> None:
 
 def build_engine(engine_settings: "Settings | None" = None) -> EngineLike:
     """Load the engine's models now, with progress in the log (this takes seconds)."""
-    from core import Engine, Settings
+    from core import Engine
 
-    settings = engine_settings or Settings()
+    started = time.perf_counter()
+    # Without settings the engine reads its own (environment and .env); models load after the log line.
+    engine = Engine(engine_settings, load_models=False)
+    settings = engine.settings
     log.info("loading models on %s: detector %s and the embedding channels of the indexes in %s …",
              settings.device, settings.detector, settings.index_dir)
-    started = time.perf_counter()
-    engine = Engine(settings)
+    engine.load_models()
     movies = engine.movies()
     log.info("engine ready in %.1f s; %d movie(s) indexed in %s%s", time.perf_counter() - started, len(movies),
              settings.index_dir, (": " + ", ".join(m.name for m in movies[:10])) if movies else "")
@@ -196,13 +188,14 @@ async def serve(settings: BotSettings, engine: EngineLike, *, handle_signals: bo
 
 def run(argv: Sequence[str] | None = None) -> int:
     """`castfinder bot` / `python -m bot`: long polling until SIGINT/SIGTERM. Returns the exit code."""
-    parser = argparse.ArgumentParser(prog="castfinder bot", description="Run the castfinder Telegram bot (long polling).")
+    parser = argparse.ArgumentParser(prog="castfinder bot",
+                                     description="Run the castfinder Telegram bot (long polling).")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING … (default: CASTFINDER_LOG_LEVEL or INFO)")
     args = parser.parse_args(argv)
     try:
         settings = BotSettings()
     except ValidationError as exc:
-        print(f"Invalid bot settings (environment or .env):\n{exc}", file=sys.stderr)
+        print(texts.invalid_settings(exc), file=sys.stderr)
         return 2
     secrets = [settings.token()] if settings.bot_token else []
     configure_logging(args.log_level or settings.log_level, secrets=secrets)

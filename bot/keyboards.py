@@ -11,6 +11,7 @@ from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from core import MovieInfo
 
+from . import texts
 from .services.engine_gateway import movie_key
 
 MAX_PICK_BUTTONS = 10
@@ -33,8 +34,7 @@ class MoreResults(CallbackData, prefix="mr"):
 def movies_keyboard(movies: Sequence[MovieInfo]) -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     for m in movies:
-        label = m.name if len(m.name) <= 60 else m.name[:59] + "…"
-        builder.button(text=label, callback_data=MovieChoice(key=movie_key(m.slug)))
+        builder.button(text=texts.movie_button(m.name), callback_data=MovieChoice(key=movie_key(m.slug)))
     builder.adjust(1)
     return builder.as_markup()
 
@@ -44,7 +44,7 @@ def people_keyboard(pick_id: str, count: int) -> InlineKeyboardMarkup:
     shown = min(count, MAX_PICK_BUTTONS)
     for i in range(1, shown + 1):
         builder.button(text=str(i), callback_data=PersonChoice(pick=pick_id, who=str(i)))
-    builder.button(text="All", callback_data=PersonChoice(pick=pick_id, who="all"))
+    builder.button(text=texts.pick_all_button(), callback_data=PersonChoice(pick=pick_id, who="all"))
     # Up to five numbers a row, "All" alone on the last row.
     rows = [5] * (shown // 5) + ([shown % 5] if shown % 5 else []) + [1]
     builder.adjust(*rows)
@@ -53,5 +53,5 @@ def people_keyboard(pick_id: str, count: int) -> InlineKeyboardMarkup:
 
 def more_keyboard(page_id: str, offset: int, remaining: int) -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
-    builder.button(text=f"More ({remaining} left)", callback_data=MoreResults(page=page_id, offset=offset))
+    builder.button(text=texts.more_button(remaining), callback_data=MoreResults(page=page_id, offset=offset))
     return builder.as_markup()

@@ -29,7 +29,7 @@ class BotSettings(BaseSettings):
 
     # The token from @BotFather. Optional here so that `run()` can explain how to set it
     # instead of failing with a validation error.
-    bot_token: SecretStr | None = Field(None, validation_alias="BOT_TOKEN")
+    bot_token: SecretStr | None = Field(default=None, validation_alias="BOT_TOKEN")
     # Another Bot API server, e.g. a local `telegram-bot-api` (http://localhost:8081).
     telegram_api_base: str | None = None
     # That server runs with `--local`: files are read from its disk and may exceed 20 MB.
@@ -38,24 +38,24 @@ class BotSettings(BaseSettings):
     db_path: Path = Path("data/castfinder.sqlite3")
 
     # Engine threads shared by all chats = queries searched at the same time.
-    query_workers: int = Field(2, ge=1, le=64)
+    query_workers: int = Field(default=2, ge=1, le=64)
     # Queries allowed to wait for a worker; beyond that users are told to come back later.
-    queue_size: int = Field(20, ge=0)
+    queue_size: int = Field(default=20, ge=0)
     # Queries per minute per user; 0 turns the limit off.
-    user_rate: int = Field(6, ge=0)
+    user_rate: int = Field(default=6, ge=0)
     # Queries one user may have running or queued at once.
-    user_max_active: int = Field(1, ge=1)
+    user_max_active: int = Field(default=1, ge=1)
     # How long to wait for the rest of an album after its last part arrived.
-    album_wait_s: float = Field(1.0, gt=0, le=30)
-    default_topk: int = Field(5, ge=1, le=MAX_TOPK)
+    album_wait_s: float = Field(default=1.0, gt=0, le=30)
+    default_topk: int = Field(default=5, ge=1, le=MAX_TOPK)
     # Results kept per query for the "More" button.
-    max_results: int = Field(50, ge=1, le=500)
-    results_ttl_days: float = Field(7.0, gt=0)
+    max_results: int = Field(default=50, ge=1, le=500)
+    results_ttl_days: float = Field(default=7.0, gt=0)
     # Minimum seconds between two edits of the status message (Telegram's flood limits).
-    status_interval_s: float = Field(2.0, ge=0)
-    max_download_mb: int = Field(20, ge=1)
+    status_interval_s: float = Field(default=2.0, ge=0)
+    max_download_mb: int = Field(default=20, ge=1)
     # On shutdown, how long running queries may take to finish before they are cancelled.
-    shutdown_grace_s: float = Field(20.0, ge=0)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
     log_level: str = "INFO"
 
     @field_validator("bot_token", mode="before")

@@ -1,5 +1,6 @@
-"""Everything the bot says, in one place. Messages are HTML: every value that comes from users,
-movie names or the engine goes through `esc`."""
+"""Everything the bot says, in one place. Messages and captions are HTML: every value that comes
+from users, movie names or the engine goes through `esc`. Button labels, callback answers and the
+command menu are plain text (Telegram shows them as given), so nothing there is escaped."""
 
 from __future__ import annotations
 
@@ -59,6 +60,19 @@ def movie_set(movie: MovieInfo) -> str:
         f"🎬 Movie for this chat: <b>{esc(movie.name)}</b> ({duration(movie.duration_s)}, {movie.shots} shots).\n"
         "Now send a screenshot of the character."
     )
+
+
+def movie_button(name: str) -> str:
+    # Long names would make the keyboard unreadable on a phone.
+    return name if len(name) <= 60 else name[:59] + "…"
+
+
+def movie_chosen(name: str) -> str:
+    return f"{name} selected"
+
+
+def movie_choice_gone() -> str:
+    return "That movie is no longer indexed; see /movies."
 
 
 def current_movie(name: str | None) -> str:
@@ -136,7 +150,9 @@ def text_hint() -> str:
 
 
 def album_skipped(skipped: int) -> str:
-    return f"{skipped} part{'s' if skipped != 1 else ''} of the album {'are' if skipped != 1 else 'is'} not an image and {'were' if skipped != 1 else 'was'} left out."
+    if skipped == 1:
+        return "1 part of the album is not an image and was left out."
+    return f"{skipped} parts of the album are not an image and were left out."
 
 
 def rate_limited(per_minute: int, retry_in: float) -> str:
@@ -200,8 +216,13 @@ def pick_not_yours() -> str:
     return "Only the person who sent the screenshot can choose."
 
 
-def pick_started(label: str) -> str:
-    return f"Searching for {label}…"
+def pick_started(who: str) -> str:
+    """`who` as the picker's button carries it: "all" or a person's number."""
+    return "Searching for everyone…" if who == "all" else f"Searching for person {who}…"
+
+
+def pick_all_button() -> str:
+    return "All"
 
 
 # -- results -----------------------------------------------------------------------------
@@ -209,11 +230,15 @@ def percent(confidence: float) -> int:
     return max(0, min(100, round(confidence * 100)))
 
 
+def shot_label(shot: int, scene: int | None) -> str:
+    """A frames-folder index numbers shots per scene, so "shot 3" alone would be ambiguous:
+    `scene/shot` there, as the CLI prints it; a video's shots are numbered through the film."""
+    return f"{scene}/{shot}" if scene is not None else str(shot)
+
+
 def result_line(r: StoredResult) -> str:
-    line = (
-        f"#{r.rank} · shot {r.shot} · {format_ts(r.start_s, decimals=1)}–{format_ts(r.end_s, decimals=1)}"
-        f" · {percent(r.confidence)}%"
-    )
+    times = f"{format_ts(r.start_s, decimals=1)}–{format_ts(r.end_s, decimals=1)}"
+    line = f"#{r.rank} · shot {shot_label(r.shot, r.scene)} · {times} · {percent(r.confidence)}%"
     return line + " · ⚠️ weak match" if r.low_confidence else line
 
 
@@ -244,6 +269,10 @@ def whole_image_note(whole: int, images: int) -> str:
     return f"🖼 I found no person in {whole} of {images} screenshots; those were searched as whole images."
 
 
+def more_button(remaining: int) -> str:
+    return f"More ({remaining} left)"
+
+
 def no_more_results() -> str:
     return "No more results."
 
@@ -272,6 +301,28 @@ def stats(s: UsageStats, *, running: int, waiting: int, movies: int) -> str:
         f"Top movies: {top}",
         f"Now: {running} running, {waiting} waiting; {movies} movies indexed",
     ])
+
+
+# -- operator ----------------------------------------------------------------------------
+def command_menu(*, group: bool) -> list[tuple[str, str]]:
+    """(command, description) pairs for Telegram's command menu, private chats or groups."""
+    if group:
+        return [
+            ("movie", "Set the movie, or caption a screenshot with it"),
+            ("movies", "Indexed movies"),
+            ("topk", f"Results per query (1-{MAX_TOPK})"),
+            ("help", "How to use the bot"),
+        ]
+    return [
+        ("movies", "Indexed movies, to pick one"),
+        ("movie", "Set or show this chat's movie"),
+        ("topk", f"Results per query (1-{MAX_TOPK})"),
+        ("help", "How to use the bot"),
+    ]
+
+
+def invalid_settings(problems: object) -> str:
+    return f"Invalid bot settings (environment or .env):\n{problems}"
 
 
 def missing_token_help() -> str:

@@ -282,7 +282,8 @@ def test_result_texts_mark_weak_matches_and_escape_movie_names() -> None:
     sure = StoredResult(1, 12, None, 201.45, 207.9, 0.834, "/t1.jpg", False)
     weak = StoredResult(2, 40, 2, 3725.0, 3730.25, 0.31, "/t2.jpg", True)
     assert texts.result_caption(sure) == "#1 · shot 12 · 00:03:21.4–00:03:27.9 · 83%"
-    assert texts.result_caption(weak) == "#2 · shot 40 · 01:02:05.0–01:02:10.2 · 31% · ⚠️ weak match"
+    # A frames-folder index numbers shots per scene: scene/shot, as the CLI prints it.
+    assert texts.result_caption(weak) == "#2 · shot 2/40 · 01:02:05.0–01:02:10.2 · 31% · ⚠️ weak match"
     mixed, _ = parse_formatted_text(texts.results_text("Fast & <Furious>", [sure, weak], total=9, notes=[]), "HTML")
     assert mixed.splitlines()[0] == "Fast & <Furious>: best shots 1–2 of 9:"
     assert "Weak matches are under the confidence threshold" in mixed

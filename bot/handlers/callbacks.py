@@ -33,7 +33,7 @@ async def on_person_chosen(
     if who != "all" and not (who.isdigit() and 1 <= int(who) <= len(pick.people)):
         await callback.answer(texts.pick_expired(), show_alert=True)
         return
-    await callback.answer(texts.pick_started("everyone" if who == "all" else f"person {who}"))
+    await callback.answer(texts.pick_started(who))
     chat_type = callback.message.chat.type if callback.message else "private"
     await queries.run_pick(bot, pick, who, chat_type=chat_type, user_id=callback.from_user.id,
                            received_at=received_at)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiogram import Router
+from aiogram import Bot, Router
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, Message
@@ -51,21 +51,21 @@ async def on_movie(message: Message, command: CommandObject, gateway: EngineGate
     await respond(message, texts.movie_set(movie))
 
 
-async def on_movie_chosen(callback: CallbackQuery, callback_data: MovieChoice, gateway: EngineGateway,
+async def on_movie_chosen(callback: CallbackQuery, callback_data: MovieChoice, bot: Bot, gateway: EngineGateway,
                           db: Storage) -> None:
     movie = await gateway.by_key(callback_data.key)
     if movie is None or callback.message is None:
-        await callback.answer("That movie is no longer indexed; see /movies.", show_alert=True)
+        await callback.answer(texts.movie_choice_gone(), show_alert=True)
         return
     await db.set_movie(callback.message.chat.id, movie.slug, movie.name)
-    await callback.answer(f"{movie.name} selected")
+    await callback.answer(texts.movie_chosen(movie.name))
     try:
-        await callback.bot.edit_message_text(
+        await bot.edit_message_text(
             text=texts.movie_set(movie), chat_id=callback.message.chat.id, message_id=callback.message.message_id,
         )
     except TelegramBadRequest:
         # Already showing it (a double tap), or too old to edit: say it afresh.
-        await callback.bot.send_message(callback.message.chat.id, texts.movie_set(movie))
+        await bot.send_message(callback.message.chat.id, texts.movie_set(movie))
 
 
 def create_router() -> Router:

@@ -32,13 +32,13 @@ async def on_screenshots(
     skipped = len(parts) - len(refs)
     if not refs and others:
         refs = others[:1]  # so the user hears why this file is not usable
-    notes = [texts.album_skipped(skipped)] if album and refs and skipped else []
+    notes = (texts.album_skipped(skipped),) if album and refs and skipped else ()
     user = message.from_user
     await queries.run_query(bot, QueryRequest(
         target=ReplyTarget.of(message),
         chat_type=message.chat.type,
         user_id=user.id if user else message.chat.id,
-        images=refs,
+        images=tuple(refs),
         movie_hint=intent.movie,
         explicit_movie=intent.explicit,
         received_at=received_at,

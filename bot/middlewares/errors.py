@@ -7,12 +7,10 @@ from contextlib import suppress
 from typing import Any
 
 from aiogram import BaseMiddleware
-from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramForbiddenError
+from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
 from aiogram.types import ReplyParameters, TelegramObject, Update
 
-from core import CastfinderError
-
-from .. import texts
+from ..errors import explain
 from . import Handler
 
 log = logging.getLogger(__name__)
@@ -27,19 +25,20 @@ class ErrorsMiddleware(BaseMiddleware):
     ) -> Any:
         try:
             return await handler(event, data)
-        except TelegramForbiddenError as exc:
-            # The user blocked the bot or removed it from the group: nothing to tell anyone.
-            chat = data.get("event_chat")
-            log.info("chat %s is closed to the bot (%s); update skipped", getattr(chat, "id", "?"), exc.message)
-        except CastfinderError as exc:
-            # Raised on purpose by the engine with a message written for users.
-            await self._tell(event, data, texts.esc(exc))
         except TelegramBadRequest as exc:
+            # Telegram refused the answer itself (a callback too old to answer, a message gone):
+            # another message about it would be refused the same way, or be noise.
             log.warning("Telegram refused a request while handling update %s: %s",
                         getattr(event, "update_id", "?"), exc.message)
-        except Exception:
-            log.exception("unexpected error handling update %s", getattr(event, "update_id", "?"))
-            await self._tell(event, data, texts.internal_error())
+        except Exception as exc:
+            why = explain(exc)
+            if why.unexpected:
+                log.exception("unexpected error handling update %s", getattr(event, "update_id", "?"))
+            if why.html is None:
+                chat = data.get("event_chat")
+                log.info("chat %s is closed to the bot (%s); update skipped", getattr(chat, "id", "?"), exc)
+            else:
+                await self._tell(event, data, why.html)
         return None
 
     @staticmethod

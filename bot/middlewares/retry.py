@@ -49,22 +49,22 @@ class RetryMiddleware(BaseRequestMiddleware):
         bot: Bot,
         method: TelegramMethod[TelegramType],
     ) -> Response[TelegramType]:
-        if isinstance(method, GetUpdates):
-            return await make_request(bot, method)
+        # Long polls are tried once: aiogram's polling loop has its own back-off.
+        attempts = 0 if isinstance(method, GetUpdates) else self.attempts
         name = type(method).__name__
         retries = 0
         while True:
             try:
                 return await make_request(bot, method)
             except TelegramRetryAfter as exc:
-                if retries >= self.attempts or exc.retry_after > self.max_retry_after:
+                if retries >= attempts or exc.retry_after > self.max_retry_after:
                     raise
                 log.warning("flood control on %s: waiting %s s as Telegram asks", name, exc.retry_after)
                 await self._sleep(exc.retry_after)
             except TelegramEntityTooLarge:
                 raise
             except (TelegramNetworkError, TelegramServerError) as exc:
-                if retries >= self.attempts:
+                if retries >= attempts:
                     raise
                 delay = min(self.max_delay, self.base_delay * 2**retries)
                 log.warning("%s failed (%s); retry %d in %.1f s", name, exc.message, retries + 1, delay)

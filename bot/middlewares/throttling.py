@@ -48,7 +48,7 @@ class ThrottlingMiddleware(BaseMiddleware):
         text = texts.rate_limited(self.limiter.per_minute, retry_in)
         if isinstance(event, CallbackQuery):
             await event.answer(text, show_alert=True)
-        elif isinstance(event, Message) and self.limiter.should_warn(user.id, retry_in):
+        elif isinstance(event, Message) and event.bot is not None and self.limiter.should_warn(user.id, retry_in):
             await event.bot.send_message(
                 event.chat.id, text, message_thread_id=event.message_thread_id if event.is_topic_message else None,
                 reply_parameters=ReplyParameters(message_id=event.message_id, allow_sending_without_reply=True),

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Literal
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
@@ -18,7 +18,6 @@ from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
 from core import (
     AmbiguousMovieError,
     BadInputError,
-    CastfinderError,
     MovieInfo,
     MovieNotFoundError,
     Person,
@@ -28,7 +27,7 @@ from core import (
 )
 
 from .. import texts
-from ..errors import QueryRefused
+from ..errors import QueryRefused, explain
 from ..keyboards import people_keyboard
 from ..settings import BotSettings
 from .engine_gateway import EngineGateway
@@ -44,24 +43,62 @@ Select = Literal["main", "all"] | tuple[int, ...]
 
 @dataclass(frozen=True)
 class QueryRequest:
+    """A query as a handler hands it over: who asked, where the answer goes, which screenshots."""
+
     target: ReplyTarget
     chat_type: str
     user_id: int
-    images: list[ImageRef]
+    images: tuple[ImageRef, ...]
     movie_hint: str | None = None
     explicit_movie: bool = False  # the caption named the movie with a command or a mention
     received_at: float | None = None
-    notes: list[str] = field(default_factory=list)  # told to the user with the results
+    notes: tuple[str, ...] = ()  # told to the user with the results
+
+
+@dataclass(frozen=True)
+class ChosenPeople:
+    """Whom to look for, chosen on a person picker: the picker's people and the choice."""
+
+    select: Select
+    people: tuple[Person, ...]
 
 
 @dataclass
-class _Outcome:
+class QueryRecord:
     """What the query log records, filled in as the query advances."""
 
+    received_at: float
     outcome: str = "error"
     movie_slug: str | None = None
     results: int = 0
     engine_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class QueryContext:
+    """One query from the moment its movie is known: everything the steps of the service need,
+    passed whole. What the query learns on the way goes to `record` and `status`."""
+
+    bot: Bot
+    request: QueryRequest
+    movie: MovieInfo
+    topk: int
+    status: StatusMessage
+    record: QueryRecord
+    notes: tuple[str, ...] = ()
+    chosen: ChosenPeople | None = None  # None: find the people in the screenshots
+
+    @property
+    def target(self) -> ReplyTarget:
+        return self.request.target
+
+    @property
+    def user_id(self) -> int:
+        return self.request.user_id
+
+    @property
+    def images(self) -> tuple[ImageRef, ...]:
+        return self.request.images
 
 
 class QueryService:
@@ -88,123 +125,118 @@ class QueryService:
     async def run_query(self, bot: Bot, req: QueryRequest) -> None:
         """Answer screenshots: results, a person picker, or an explanation. Never raises for
         anything the user did."""
-        received = req.received_at if req.received_at is not None else self.clock()
-        rec = _Outcome()
-        with self._tracked():
-            try:
-                if self.closing:
-                    raise QueryRefused(texts.shutting_down(), "shutdown")
-                if not req.images:
-                    raise QueryRefused(texts.unsupported_message(), "no_image")
-                for ref in req.images:
-                    check_ref(ref, self.settings.max_download_bytes)
-                chat = await self.storage.chat(req.target.chat_id)
-                movie, notes = await self._movie_for(req, chat)
-                rec.movie_slug = movie.slug
-                await self._run(
-                    bot, req.target, req.user_id, movie, chat.topk, req.images, select=None, people=None,
-                    notes=[*notes, *req.notes], rec=rec,
-                )
-            except BaseException as exc:
-                await self._fail(bot, req.target, rec, exc)
-            finally:
-                await self._log(req.target.chat_id, req.chat_type, req.user_id, len(req.images), rec, received)
+        rec = self._record(req)
+
+        async def context() -> QueryContext:
+            if not req.images:
+                raise QueryRefused(texts.unsupported_message(), "no_image")
+            for ref in req.images:
+                check_ref(ref, self.settings.max_download_bytes)
+            chat = await self.storage.chat(req.target.chat_id)
+            movie, notes = await self._movie_for(req, chat)
+            rec.movie_slug = movie.slug
+            return self._context(bot, req, movie, chat.topk, rec, notes=(*notes, *req.notes))
+
+        await self._serve(bot, req, rec, context)
 
     async def run_pick(
         self, bot: Bot, pick: PendingPick, who: str, *, chat_type: str, user_id: int, received_at: float | None = None
     ) -> None:
         """Search for the person(s) chosen on a picker."""
-        received = received_at if received_at is not None else self.clock()
-        target = ReplyTarget(pick.chat_id, pick.message_id, pick.thread_id)
-        rec = _Outcome(movie_slug=pick.movie_slug)
+        req = QueryRequest(
+            target=ReplyTarget(pick.chat_id, pick.message_id, pick.thread_id), chat_type=chat_type, user_id=user_id,
+            images=(ImageRef(pick.file_id, None, "photo"),), received_at=received_at,
+        )
+        rec = self._record(req)
+        rec.movie_slug = pick.movie_slug
+
+        async def context() -> QueryContext:
+            people = tuple(
+                Person(int(p["index"]), tuple(p["bbox"]), float(p["score"]), float(p["area_fraction"]))
+                for p in pick.people
+            )
+            select: Select = "all" if who == "all" else (int(who),)
+            movie = await self._movie_by_slug(pick.movie_slug, None)
+            chat = await self.storage.chat(pick.chat_id)
+            return self._context(bot, req, movie, chat.topk, rec, chosen=ChosenPeople(select, people))
+
+        await self._serve(bot, req, rec, context)
+
+    # -- the work -------------------------------------------------------------------------
+    async def _serve(
+        self, bot: Bot, req: QueryRequest, rec: QueryRecord, context: Callable[[], Awaitable[QueryContext]]
+    ) -> None:
+        """Run one query to its answer or its explanation, and log it either way."""
         with self._tracked():
             try:
                 if self.closing:
                     raise QueryRefused(texts.shutting_down(), "shutdown")
-                people = [
-                    Person(int(p["index"]), tuple(p["bbox"]), float(p["score"]), float(p["area_fraction"]))
-                    for p in pick.people
-                ]
-                select: Select = "all" if who == "all" else (int(who),)
-                movie = await self._movie_by_slug(pick.movie_slug, None)
-                chat = await self.storage.chat(pick.chat_id)
-                ref = ImageRef(pick.file_id, None, "photo")
-                await self._run(bot, target, user_id, movie, chat.topk, [ref], select=select, people=people,
-                                notes=[], rec=rec)
+                await self._run(await context())
             except BaseException as exc:
-                await self._fail(bot, target, rec, exc)
+                await self._fail(bot, req.target, rec, exc)
             finally:
-                await self._log(pick.chat_id, chat_type, user_id, 1, rec, received)
+                await self._log(req, rec)
 
-    # -- the work -------------------------------------------------------------------------
-    async def _run(
+    def _record(self, req: QueryRequest) -> QueryRecord:
+        return QueryRecord(req.received_at if req.received_at is not None else self.clock())
+
+    def _context(
         self,
         bot: Bot,
-        target: ReplyTarget,
-        user_id: int,
+        req: QueryRequest,
         movie: MovieInfo,
         topk: int,
-        images: list[ImageRef],
+        rec: QueryRecord,
         *,
-        select: Select | None,
-        people: list[Person] | None,
-        notes: list[str],
-        rec: _Outcome,
-    ) -> None:
-        ticket = self._enter(user_id)
-        status = StatusMessage(bot, target.chat_id, reply_to=target.reply_to, thread_id=target.thread_id,
+        notes: tuple[str, ...] = (),
+        chosen: ChosenPeople | None = None,
+    ) -> QueryContext:
+        # The status message sends nothing until the query starts, so building it here is free.
+        status = StatusMessage(bot, req.target.chat_id, reply_to=req.target.reply_to, thread_id=req.target.thread_id,
                                interval=self.settings.status_interval_s)
+        return QueryContext(bot, req, movie, topk, status, rec, notes=notes, chosen=chosen)
+
+    async def _run(self, ctx: QueryContext) -> None:
+        ticket = self._enter(ctx.user_id)
+        status, count = ctx.status, len(ctx.images)
         try:
             async with ticket:
                 if ticket.position:
                     await status.start(texts.status_queued(ticket.position))
                     await ticket.wait(lambda pos: status.update(texts.status_queued(pos)))
-                    status.update(texts.status_downloading(len(images)))
+                    status.update(texts.status_downloading(count))
                 else:
-                    await status.start(texts.status_downloading(len(images)))
-                async with chat_action(bot, target.chat_id, thread_id=target.thread_id):
+                    await status.start(texts.status_downloading(count))
+                async with chat_action(ctx.bot, ctx.target.chat_id, thread_id=ctx.target.thread_id):
                     limit = self.settings.max_download_bytes
-                    datas = await asyncio.gather(*(download(bot, ref, limit_bytes=limit) for ref in images))
-                    queries = await self._prepare(bot, target, user_id, movie, images, list(datas), select, people,
-                                                  status, rec)
+                    datas = await asyncio.gather(*(download(ctx.bot, ref, limit_bytes=limit) for ref in ctx.images))
+                    queries = await self._prepare(ctx, list(datas))
                     if queries is None:
                         return
                     # Stored for "More"; never fewer than one page.
-                    top = max(self.settings.max_results, topk)
-                    response = await self._search(movie, queries, top, status, rec)
-                    await self._answer(bot, target, user_id, response, topk, notes, images, rec)
+                    top = max(self.settings.max_results, ctx.topk)
+                    response = await self._search(ctx, queries, top)
+                    await self._answer(ctx, response)
         except asyncio.CancelledError:
             await status.close(final_text=texts.cancelled_by_shutdown())
             raise
         finally:
             await status.close()
 
-    async def _prepare(
-        self,
-        bot: Bot,
-        target: ReplyTarget,
-        user_id: int,
-        movie: MovieInfo,
-        images: list[ImageRef],
-        datas: list[bytes],
-        select: Select | None,
-        people: list[Person] | None,
-        status: StatusMessage,
-        rec: _Outcome,
-    ) -> list[QueryImage] | None:
+    async def _prepare(self, ctx: QueryContext, datas: list[bytes]) -> list[QueryImage] | None:
         """Decoded query images, or None when the user must first choose whom to look for."""
-        if select is not None:  # a choice made on the picker
+        if ctx.chosen is not None:
             image = await self._decode(datas[0], None, 1)
-            return [QueryImage(image, select=select, people=people)]
+            return [QueryImage(image, select=ctx.chosen.select, people=ctx.chosen.people)]
         if len(datas) == 1:
-            status.update(texts.status_people(0, 1))
+            ctx.status.update(texts.status_people(0, 1))
             try:
                 image, found = await self.gateway.detect(datas[0])
             except BadInputError as exc:
                 raise QueryRefused(texts.bad_image(str(exc)), "bad_image") from exc
             if len(found) > 1:
-                await self._offer_pick(bot, target, user_id, movie, images[0], image, found)
-                rec.outcome = "picker"
+                await self._offer_pick(ctx, image, found)
+                ctx.record.outcome = "picker"
                 return None
             return [QueryImage(image, select="main", people=found)]
         decoded = [await self._decode(data, i, len(datas)) for i, data in enumerate(datas, start=1)]
@@ -217,29 +249,19 @@ class QueryService:
         except BadInputError as exc:
             raise QueryRefused(texts.bad_image(str(exc), position, total), "bad_image") from exc
 
-    async def _offer_pick(
-        self,
-        bot: Bot,
-        target: ReplyTarget,
-        user_id: int,
-        movie: MovieInfo,
-        ref: ImageRef,
-        image: Any,
-        people: list[Person],
-    ) -> None:
+    async def _offer_pick(self, ctx: QueryContext, image: Any, people: list[Person]) -> None:
         annotated = await self.gateway.annotate(image, people)
+        target = ctx.target
         pick = await self.storage.save_pick(
-            chat_id=target.chat_id, user_id=user_id, message_id=target.reply_to or 0, thread_id=target.thread_id,
-            file_id=ref.file_id, movie_slug=movie.slug,
+            chat_id=target.chat_id, user_id=ctx.user_id, message_id=target.reply_to or 0, thread_id=target.thread_id,
+            file_id=ctx.images[0].file_id, movie_slug=ctx.movie.slug,
             people=[{"index": p.index, "bbox": list(p.bbox), "score": p.score, "area_fraction": p.area_fraction}
                     for p in people],
         )
-        await target.photo(bot, annotated, texts.pick_person(len(people)), people_keyboard(pick.id, len(people)))
+        await target.photo(ctx.bot, annotated, texts.pick_person(len(people)), people_keyboard(pick.id, len(people)))
 
-    async def _search(
-        self, movie: MovieInfo, queries: list[QueryImage], top: int, status: StatusMessage, rec: _Outcome
-    ) -> SearchResponse:
-        total = len(queries)
+    async def _search(self, ctx: QueryContext, queries: list[QueryImage], top: int) -> SearchResponse:
+        total, status, movie = len(queries), ctx.status, ctx.movie
 
         def on_progress(event: Progress) -> None:
             # A single screenshot's people were found before the search (to offer the picker);
@@ -252,34 +274,25 @@ class QueryService:
         status.update(texts.status_people(0, total) if total > 1 else texts.status_searching(movie.name))
         started = self.clock()
         response = await self.gateway.search(movie, queries, top=top, on_progress=on_progress)
-        rec.engine_ms = (self.clock() - started) * 1000
+        ctx.record.engine_ms = (self.clock() - started) * 1000
         return response
 
-    async def _answer(
-        self,
-        bot: Bot,
-        target: ReplyTarget,
-        user_id: int,
-        response: SearchResponse,
-        topk: int,
-        notes: list[str],
-        images: list[ImageRef],
-        rec: _Outcome,
-    ) -> None:
-        notes = list(notes)
+    async def _answer(self, ctx: QueryContext, response: SearchResponse) -> None:
+        notes = list(ctx.notes)
         if response.whole_image_queries:
-            notes.append(texts.whole_image_note(response.whole_image_queries, len(images)))
+            notes.append(texts.whole_image_note(response.whole_image_queries, len(ctx.images)))
         stored = [
             StoredResult(r.rank, r.shot, r.scene, r.start_s, r.end_s, r.confidence, r.thumbnail, r.low_confidence)
             for r in response.results
         ]
+        target = ctx.target
         page = await self.storage.save_results(
-            chat_id=target.chat_id, user_id=user_id, reply_to=target.reply_to, thread_id=target.thread_id,
-            movie=response.movie, page_size=topk, results=stored, notes=notes,
+            chat_id=target.chat_id, user_id=ctx.user_id, reply_to=target.reply_to, thread_id=target.thread_id,
+            movie=response.movie, page_size=ctx.topk, results=stored, notes=notes,
         )
-        await ResultSender(bot, self.thumbnails).send_page(page, 0)
-        rec.results = len(stored)
-        rec.outcome = "ok"
+        await ResultSender(ctx.bot, self.thumbnails).send_page(page, 0)
+        ctx.record.results = len(stored)
+        ctx.record.outcome = "ok"
 
     # -- movie ----------------------------------------------------------------------------
     async def _movie_for(self, req: QueryRequest, chat: ChatSettings) -> tuple[MovieInfo, list[str]]:
@@ -316,50 +329,42 @@ class QueryService:
         except QueueFull:
             raise QueryRefused(texts.queue_full(), "queue_full") from None
 
-    async def _fail(self, bot: Bot, target: ReplyTarget, rec: _Outcome, exc: BaseException) -> None:
+    async def _fail(self, bot: Bot, target: ReplyTarget, rec: QueryRecord, exc: BaseException) -> None:
         """Tell the user why there is no answer; re-raise only cancellation."""
         if isinstance(exc, asyncio.CancelledError):
             rec.outcome = "cancelled"
             raise exc
-        if isinstance(exc, TelegramForbiddenError):
-            rec.outcome = "blocked"
-            log.info("chat %s is closed to the bot (%s); query dropped", target.chat_id, exc.message)
-            return
-        if isinstance(exc, QueryRefused):
-            rec.outcome, message = exc.outcome, exc.html
-        elif isinstance(exc, CastfinderError):
-            rec.outcome, message = "bad_input", texts.esc(exc)
-        elif isinstance(exc, Exception):
-            rec.outcome, message = "error", texts.internal_error()
-            log.exception("query in chat %s failed", target.chat_id)
-        else:
+        if not isinstance(exc, Exception):
             raise exc
+        why = explain(exc)
+        rec.outcome = why.outcome
+        if why.unexpected:
+            log.exception("query in chat %s failed", target.chat_id)
+        if why.html is None:
+            log.info("chat %s is closed to the bot (%s); query dropped", target.chat_id, exc)
+            return
         try:
-            await target.text(bot, message)
+            await target.text(bot, why.html)
         except TelegramForbiddenError:
             rec.outcome = "blocked"
         except TelegramAPIError as err:
             log.warning("could not tell chat %s why its query failed: %s", target.chat_id, err)
 
-    async def _log(
-        self, chat_id: int, chat_type: str, user_id: int, images: int, rec: _Outcome, received: float
-    ) -> None:
-        latency = (self.clock() - received) * 1000
+    async def _log(self, req: QueryRequest, rec: QueryRecord) -> None:
+        chat_id, user_id, images = req.target.chat_id, req.user_id, len(req.images)
+        latency = (self.clock() - rec.received_at) * 1000
         log.info("query chat=%s user=%s movie=%s images=%d -> %s (%d results) in %.0f ms",
                  chat_id, user_id, rec.movie_slug, images, rec.outcome, rec.results, latency)
         try:
             await self.storage.log_query(QueryLogEntry(
-                chat_id, chat_type, user_id, rec.movie_slug, images, rec.results, rec.outcome, latency, rec.engine_ms,
+                chat_id, req.chat_type, user_id, rec.movie_slug, images, rec.results, rec.outcome, latency,
+                rec.engine_ms,
             ))
         except Exception:  # the log must never cost the user their answer
             log.exception("could not write the query log")
 
     def _tracked(self) -> _Tracking:
         return _Tracking(self._tasks)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
 
     async def shutdown(self, grace_s: float) -> None:
         """Refuse new queries, let running ones finish for `grace_s`, then cancel the rest."""

@@ -315,7 +315,7 @@ class Storage:
         async def scalar(sql: str, *args: Any) -> int:
             async with db.execute(sql, args) as cur:
                 row = await cur.fetchone()
-            return int(row[0] or 0)
+            return int(row[0] or 0) if row is not None else 0
 
         total = await scalar("SELECT COUNT(*) FROM query_log")
         last_24h = await scalar("SELECT COUNT(*) FROM query_log WHERE ts >= ?", since)
@@ -344,7 +344,7 @@ async def schema_version(db: aiosqlite.Connection) -> int:
     await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     async with db.execute("SELECT MAX(version) FROM schema_version") as cur:
         row = await cur.fetchone()
-    return int(row[0] or 0)
+    return int(row[0] or 0) if row is not None else 0
 
 
 async def migrate(db: aiosqlite.Connection, *, target: int = SCHEMA_VERSION) -> int:

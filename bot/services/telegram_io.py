@@ -61,7 +61,7 @@ def looks_like_image(ref: ImageRef) -> bool:
         return True
     if ref.mime_type:
         return ref.mime_type.lower().startswith("image/")
-    return bool(ref.name) and ref.name.lower().endswith(IMAGE_SUFFIXES)
+    return ref.name is not None and ref.name.lower().endswith(IMAGE_SUFFIXES)
 
 
 def check_ref(ref: ImageRef, limit_bytes: int) -> None:
@@ -190,9 +190,10 @@ class ResultSender:
                 )
                 self._remember(key, sent)
                 continue
-            media = [InputMediaPhoto(media=self._media(key), caption=texts.result_caption(r)) for r, key in chunk]
             messages = await self.bot.send_media_group(
-                target.chat_id, media=media, message_thread_id=target.thread_id, reply_parameters=target.reply,
+                target.chat_id,
+                media=[InputMediaPhoto(media=self._media(key), caption=texts.result_caption(r)) for r, key in chunk],
+                message_thread_id=target.thread_id, reply_parameters=target.reply,
             )
             for (_, key), sent in zip(chunk, messages):
                 self._remember(key, sent)
