@@ -14,6 +14,8 @@ from core.evaluation import load_ground_truth
 from core.evaluation.harness import EvalRequest, evaluate, plan
 from core.evaluation.plots import plot_name
 from core.evaluation.report import build_report, pr_curves, quality_table
+from core.store.layout import FORMAT_VERSION
+from core.store.manifest import ChannelSpec, Manifest
 from core.types import MovieInfo, SearchResponse, ShotResult
 
 SHOTS = [Shot(i, i, None, 25 * (i - 1), 25 * i - 1, float(i - 1), float(i)) for i in range(1, 5)]
@@ -53,7 +55,9 @@ def run(tmp_path: Path):
     folder = tmp_path / "queries"
     queries = {"Navy": [folder / "Navy_1.png", folder / "Navy_2.png"], "red": [folder / "red_1.png"],
                "blue": [folder / "blue_1.png"]}
-    index = SimpleNamespace(shots={s.id: s for s in SHOTS}, manifest={"build_id": "b1", "channels": {"dinov2": {}}})
+    manifest = Manifest(name="Heat", embedder="dinov2", channels={"dinov2": ChannelSpec(dim=4, file="dinov2.faiss")},
+                        format=FORMAT_VERSION, complete=True, slug="heat", build_id="b1")
+    index = SimpleNamespace(shots={s.id: s for s in SHOTS}, manifest=manifest)
     request = EvalRequest(ground_truth=gt, queries=folder, top=2, aggregation="max", ties="order")
     engine = ScriptedEngine()
     steps: list[tuple[int, str | None]] = []
@@ -85,6 +89,8 @@ def test_the_report_scores_the_rankings(run) -> None:
     assert list(report) == ["format", "movie", "command", "argv", "config", "ground_truth", "queries", "characters",
                             "summary", "warnings", "plots", "evaluated_at", "elapsed_s"]
     assert json.loads(json.dumps(report)) == report
+    assert report["config"]["channels"] == ["dinov2"]  # the index's channels, from its manifest
+    assert report["config"]["index_manifest"]["build_id"] == "b1"
     navy, red = report["characters"]["navy"], report["characters"]["red"]
     # navy: 2 (ignored, takes no rank), 3 ✓, 4, 1 ✓ → AP = (1/1 + 2/3) / 2
     assert navy["ap"] == pytest.approx(0.8333, abs=1e-4) and navy["first_rank"] == 1
