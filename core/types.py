@@ -132,8 +132,8 @@ class IndexReport:
 @dataclass(frozen=True)
 class Progress:
     stage: str
-    done: int
-    total: int | None  # None when unknown
+    done: float  # counted units, or seconds of film when unit is "s"
+    total: float | None  # None when unknown
     unit: str = "it"
     message: str = ""
 

@@ -267,7 +267,7 @@ class QueryService:
             # A single screenshot's people were found before the search (to offer the picker);
             # only albums have a people stage worth showing.
             if event.stage == "people" and total > 1:
-                status.update(texts.status_people(event.done, event.total or total))
+                status.update(texts.status_people(int(event.done), int(event.total or total)))
             elif event.stage == "search":
                 status.update(texts.status_searching(movie.name))
 
