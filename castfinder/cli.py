@@ -279,6 +279,8 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         shot = f"{r.scene}/{r.shot}" if r.scene is not None else str(r.shot)
         score = f"{r.score:.3f}" + (" (weak)" if r.low_confidence else "")
         table.add_row(str(r.rank), shot, f"{format_ts(r.start_s)}–{format_ts(r.end_s)}", score, r.thumbnail)
+    # Where the time went (the first search of a process includes loading the models).
+    table.caption = " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in response.speed.items())
     out.print(table)
     return 0
 

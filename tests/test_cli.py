@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,7 @@ def test_search_prints_a_table_with_times_and_thumbnails(indexed: Path, query: P
     out = capsys.readouterr().out
     unwrapped = out.replace("\n", "").replace("│", "").replace(" ", "")  # the thumbnail column folds long paths
     assert "Heat (1995)" in out and "00:00:0" in out and "thumbs" in unwrapped
+    assert re.search(r"people \d+\.\d\d s · embed \d+\.\d\d s · search \d+\.\d\d s · rank \d+\.\d\d s", out)
 
 
 def test_search_json_is_one_object_with_the_stable_schema(indexed: Path, query: Path, capsys) -> None:
