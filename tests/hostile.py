@@ -1,0 +1,43 @@
+"""Shared tools of the hostile-input tests (tests/test_hostile_*.py): run the CLI as a user would,
+in its own process with a deadline, and prove that the indexes on disk were left exactly as they were."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def offline_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a CLI subprocess: offline, no developer CASTFINDER_* or bot token."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASTFINDER_") and k != "BOT_TOKEN"}
+    env.update(HF_HUB_OFFLINE="1", YOLO_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO))
+    env.update(extra or {})
+    return env
+
+
+def run_cli(args: list[str], env: Mapping[str, str] | None = None, timeout: float = 300,
+            **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """`castfinder <args>` in a fresh process. A hang fails the test (TimeoutExpired) instead of the suite."""
+    return subprocess.run([sys.executable, "-m", "castfinder", *args], capture_output=True, text=True,
+                          timeout=timeout, env=offline_env(env), cwd=REPO, **kwargs)  # type: ignore[call-overload]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (hidden ones too) → the sha256 of its bytes; equal snapshots mean
+    nothing was added, removed or changed."""
+    out: dict[str, str] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def no_traceback(proc: subprocess.CompletedProcess[str]) -> bool:
+    """The user saw a message, not Python's insides."""
+    return "Traceback (most recent call last)" not in proc.stderr + proc.stdout
