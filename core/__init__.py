@@ -17,16 +17,18 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "Engine": ".engine",
     "AmbiguousMovieError": ".errors", "BadInputError": ".errors", "CastfinderError": ".errors",
-    "IndexCorruptError": ".errors", "ModelNotFoundError": ".errors", "MovieNotFoundError": ".errors",
+    "DamagedIndexError": ".errors", "IndexCorruptError": ".errors", "ModelNotFoundError": ".errors",
+    "MovieNotFoundError": ".errors",
     "QueryImage": ".search.images",
     "format_ts": ".naming", "slugify": ".naming",
     "Settings": ".settings",
-    "IndexReport": ".types", "MovieInfo": ".types", "Person": ".types", "Progress": ".types",
+    "DamagedMovie": ".types", "IndexReport": ".types", "MovieInfo": ".types", "Person": ".types", "Progress": ".types",
     "RankedShot": ".types", "SearchResponse": ".types", "Shot": ".types", "ShotResult": ".types",
 }
 
 __all__ = [
-    "AmbiguousMovieError", "BadInputError", "CastfinderError", "Engine", "IndexCorruptError",
+    "AmbiguousMovieError", "BadInputError", "CastfinderError", "DamagedIndexError", "DamagedMovie", "Engine",
+    "IndexCorruptError",
     "IndexReport", "ModelNotFoundError", "MovieInfo", "MovieNotFoundError", "Person", "Progress",
     "QueryImage", "RankedShot", "SearchResponse", "Settings", "Shot", "ShotResult", "format_ts",
     "slugify",
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
         AmbiguousMovieError,
         BadInputError,
         CastfinderError,
+        DamagedIndexError,
         IndexCorruptError,
         ModelNotFoundError,
         MovieNotFoundError,
@@ -59,4 +62,14 @@ if TYPE_CHECKING:
     from .naming import format_ts, slugify
     from .search.images import QueryImage
     from .settings import Settings
-    from .types import IndexReport, MovieInfo, Person, Progress, RankedShot, SearchResponse, Shot, ShotResult
+    from .types import (
+        DamagedMovie,
+        IndexReport,
+        MovieInfo,
+        Person,
+        Progress,
+        RankedShot,
+        SearchResponse,
+        Shot,
+        ShotResult,
+    )

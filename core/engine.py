@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import AmbiguousMovieError, BadInputError, MovieNotFoundError
+from .errors import AmbiguousMovieError, BadInputError, DamagedIndexError, MovieNotFoundError
 from .indexing.indexer import Indexer
 from .models.cache import ModelCache
 from .models.channels import Channel
@@ -30,8 +30,9 @@ from .search.fusion import Hits, fuse
 from .search.images import ImageLike, QueryImage, Selection, crop, load_image
 from .search.ranking import aggregate
 from .settings import Settings
-from .store import MovieIndex, list_indexes, read_manifest, tidy_index_dir
+from .store import IndexCatalog, IndexDamage, MovieIndex, damaged_movie, read_manifest, tidy_index_dir
 from .types import (
+    DamagedMovie,
     IndexReport,
     MovieInfo,
     Person,
@@ -61,6 +62,7 @@ class Engine:
         self._models = ModelCache()  # each model loads once, under its own lock
         self._cache: OrderedDict[str, MovieIndex] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._catalog = IndexCatalog(self.settings.index_dir)
         if self.settings.torch_threads:
             import torch
 
@@ -76,7 +78,10 @@ class Engine:
         _ = self.detector
         wanted: dict[tuple[str, str], None] = {}
         for info in self.movies():
-            manifest = read_manifest(info.path)
+            try:
+                manifest = read_manifest(info.path)
+            except IndexDamage:  # damaged since it was listed: nothing to load for it
+                manifest = None
             for name, spec in (manifest.channels if manifest is not None else {}).items():
                 wanted[(name, spec.model or self.settings.model_for(name))] = None
         if not wanted:
@@ -96,23 +101,33 @@ class Engine:
 
     # -- movies ---------------------------------------------------------------------------
     def movies(self) -> list[MovieInfo]:
-        return list_indexes(self.settings.index_dir)
+        """The indexed movies that can be searched (damaged indexes: `damaged_movies`)."""
+        return self._catalog.scan().movies
+
+    def damaged_movies(self) -> list[DamagedMovie]:
+        """Indexes whose manifest or files fail their checks: each with the reason and the
+        command that rebuilds it. Never searched; they hide none of the others."""
+        return self._catalog.scan().damaged
 
     def resolve_movie(self, query: str) -> MovieInfo:
-        """By name, slug, or an unambiguous prefix of either, case-insensitively."""
-        movies = self.movies()
+        """By name, slug, or an unambiguous prefix of either, case-insensitively. A damaged index
+        is matched like a movie and raises `DamagedIndexError` (which says how to rebuild it)."""
+        listing = self._catalog.scan()
+        movies = listing.movies
         q = " ".join(query.split()).casefold()
         if not q:
             raise MovieNotFoundError(query, [m.name for m in movies[:5]])
         qslug = slugify(query)
-        exact = [m for m in movies if m.name.casefold() == q or m.slug == q or m.slug == qslug]
-        if len(exact) == 1:
-            return exact[0]
-        prefix = [m for m in movies if m.name.casefold().startswith(q) or m.slug.startswith(qslug)]
-        if len(prefix) == 1:
-            return prefix[0]
-        if len(prefix) > 1:
-            raise AmbiguousMovieError(query, [m.name for m in prefix])
+        every: list[MovieInfo | DamagedMovie] = [*movies, *listing.damaged]
+        exact = [m for m in every if m.name.casefold() == q or m.slug == q or m.slug == qslug]
+        prefix = [m for m in every if m.name.casefold().startswith(q) or m.slug.startswith(qslug)]
+        found = exact if len(exact) == 1 else prefix
+        if len(found) == 1:
+            if isinstance(found[0], DamagedMovie):
+                raise DamagedIndexError(found[0])
+            return found[0]
+        if len(found) > 1:
+            raise AmbiguousMovieError(query, [m.name for m in found])
         raise MovieNotFoundError(query, [m.name for m in self.match_movies(query)])
 
     def match_movies(self, query: str, limit: int = 5) -> list[MovieInfo]:
@@ -132,16 +147,32 @@ class Engine:
         return [m for _, m in scored[:limit]]
 
     def open_index(self, movie: str | MovieInfo) -> MovieIndex:
+        """The loaded index of `movie`, checked as it loads (see core/store/health.py); raises
+        `DamagedIndexError` for a damaged one, which from then on is listed as damaged."""
         info = movie if isinstance(movie, MovieInfo) else self.resolve_movie(movie)
         with self._cache_lock:
             cached = self._cache.get(info.slug)
-            if cached is not None:
+        if cached is not None:
+            try:
                 manifest = read_manifest(cached.path)
+            except IndexDamage as exc:
+                manifest = None
+                damage: DamagedMovie | None = damaged_movie(cached.path, str(exc))
+            else:
+                damage = None
+            with self._cache_lock:
                 if manifest is not None and manifest.build_id == cached.info.build_id:
                     self._cache.move_to_end(info.slug)
                     return cached
-                del self._cache[info.slug]  # re-indexed since it was loaded
-        index = MovieIndex(info.path)
+                self._cache.pop(info.slug, None)  # re-indexed or damaged since it was loaded
+            if damage is not None:
+                self._catalog.mark_damaged(damage)
+                raise DamagedIndexError(damage)
+        try:
+            index = MovieIndex(info.path)
+        except DamagedIndexError as exc:
+            self._catalog.mark_damaged(exc.movie)
+            raise
         with self._cache_lock:
             self._cache[info.slug] = index
             while len(self._cache) > self.settings.index_cache_size:
@@ -286,7 +317,7 @@ class Engine:
             results.append(ShotResult(
                 rank=rank, shot=shot.number, shot_id=shot.id, scene=shot.scene,
                 start_s=shot.start_s, end_s=shot.end_s, score=r.score,
-                thumbnail=str(index.thumbnails[shot.id]),
+                thumbnail=index.thumbnail(shot.id),
                 frame_s=float(index.crop_time[r.best_crop]), bbox=(x1, y1, x2, y2),
                 similarity=r.similarity, confidence=r.confidence,
                 low_confidence=r.confidence < self.settings.low_score,

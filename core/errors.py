@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .types import DamagedMovie
+
 
 class CastfinderError(Exception):
     """Base class: the message is safe and meant to be shown to users as is."""
@@ -40,3 +45,12 @@ class ModelNotFoundError(CastfinderError):
 
 class IndexCorruptError(CastfinderError):
     """An index folder exists but cannot be loaded."""
+
+
+class DamagedIndexError(IndexCorruptError):
+    """An indexed movie whose manifest or files fail their checks; `movie` says which, why, and
+    the command that rebuilds it."""
+
+    def __init__(self, movie: "DamagedMovie") -> None:
+        self.movie = movie
+        super().__init__(movie.message)

@@ -56,7 +56,9 @@ class ShotResult:
     start_s: float
     end_s: float
     score: float
-    thumbnail: str  # absolute path of the shot's JPEG thumbnail
+    # Absolute path of the shot's JPEG thumbnail; None when that file is missing or not a whole
+    # JPEG (the result still counts: a damaged picture costs the picture, not the match).
+    thumbnail: str | None
     frame_s: float  # time of the best-matching person's frame
     bbox: BBox  # box of the best-matching person in that frame
     similarity: float  # best raw cosine similarity behind the result, whatever the aggregation
@@ -112,6 +114,31 @@ class MovieInfo:
     built_at: str
     build_id: str
     channels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DamagedMovie:
+    """An index folder with a manifest that cannot be searched: its manifest is invalid, or its
+    files are not those the manifest describes. Listed apart from the movies, never searched."""
+
+    slug: str  # the folder's name
+    name: str  # the movie's name when the manifest still says it, else the folder's name
+    path: Path
+    reason: str  # what is wrong, in words
+    source: str = ""  # what it was indexed from, when the manifest still says it
+
+    @property
+    def reindex(self) -> str:
+        """The command that rebuilds it in place."""
+        import shlex
+
+        source = shlex.quote(self.source) if self.source else "VIDEO"
+        return f"castfinder index {source} --movie {shlex.quote(self.name)}"
+
+    @property
+    def message(self) -> str:
+        """One line for users: which movie, what is wrong, what to do."""
+        return f"The index of {self.name!r} ({self.path}) is damaged: {self.reason}. Re-index it: {self.reindex}"
 
 
 @dataclass

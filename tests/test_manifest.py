@@ -1,5 +1,6 @@
 """`manifest.json` as typed models: indexes written before the models existed keep loading, new
-builds write the same JSON as before, and a damaged manifest is never loaded nor crashes a listing.
+builds write the same JSON as before, and a damaged manifest is never loaded nor crashes a listing:
+it is listed as damaged, with the reason.
 
 `tests/data/format2-index/synthetic-movie/` is an index built by the code of commit c9c07ee (the
 manifest a free dict) with `_build_like_the_fixture` below, kept byte for byte: its manifest,
@@ -9,14 +10,25 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from castfinder.cli import main
-from core import IndexCorruptError
-from core.store import MANIFEST, ChannelSpec, Manifest, MovieIndex, list_indexes, read_manifest
+from core import DamagedIndexError, IndexCorruptError
+from core.store import (
+    MANIFEST,
+    ChannelSpec,
+    IndexCatalog,
+    IndexDamage,
+    Listing,
+    Manifest,
+    MovieIndex,
+    list_indexes,
+    read_manifest,
+)
 from tests.media import make_video
 
 LEGACY = Path(__file__).parent / "data" / "format2-index"
@@ -123,8 +135,8 @@ def test_a_new_build_writes_the_manifest_the_old_code_wrote(tmp_path: Path) -> N
     assert json.dumps(new, indent=1) == json.dumps(old, indent=1)
 
 
-def _damage(text: str) -> dict[str, str]:
-    """Manifests that must not load, from the fixture's text."""
+def _damage(text: str) -> dict[str, tuple[str, str]]:
+    """Manifests that must not load, from the fixture's text → (the manifest, the reason users read)."""
     good = json.loads(text)
 
     def changed(**parts: object) -> str:
@@ -132,21 +144,27 @@ def _damage(text: str) -> dict[str, str]:
 
     deep = "[" * 200_000 + "]" * 200_000
     return {
-        "channel spec a string": changed(channels={**good["channels"], "clip": "clip.faiss"}),
-        "counts a list": changed(counts=[3, 21, 0]),
-        "200,000 nested [": deep,
-        "200,000 nested [ inside": text.replace('"warnings": []', f'"warnings": {deep}'),
-        "incomplete": changed(complete=False),
-        "complete as 1": changed(complete=1),
-        "another format": changed(format=1),
-        "format as a string": changed(format="2"),
-        "embedder not a channel": changed(embedder="face"),
-        "channel without its file": changed(channels={"dinov2": {**good["channels"]["dinov2"], "file": ""}}),
-        "channel of unknown kind": changed(channels={"dinov2": {**good["channels"]["dinov2"], "kind": "ghost"}}),
-        "no build id": json.dumps({k: v for k, v in good.items() if k != "build_id"}),
-        "a list": json.dumps([good]),
-        "truncated": text[: len(text) // 2],
-        "empty": "",
+        "channel spec a string": (changed(channels={**good["channels"], "clip": "clip.faiss"}),
+                                  "channels.clip should be an object, not a string"),
+        "counts a list": (changed(counts=[3, 21, 0]), "counts should be an object, not a list"),
+        "200,000 nested [": (deep, "nested more than 32 levels deep"),
+        "200,000 nested [ inside": (text.replace('"warnings": []', f'"warnings": {deep}'),
+                                    "nested more than 32 levels deep"),
+        "40 nested [ inside": (text.replace('"warnings": []', '"warnings": ' + "[" * 40 + "]" * 40),
+                               "nested more than 32 levels deep"),
+        "complete as 1": (changed(complete=1), "complete should be true or false, not 1"),
+        "another format": (changed(format=1), "built by another version of castfinder (index format 1;"),
+        "format as a string": (changed(format="2"), "format should be a whole number, not a string"),
+        "embedder not a channel": (changed(embedder="face"), "the embedder 'face' is not one of the channels"),
+        "channel without its file": (changed(channels={"dinov2": {**good["channels"]["dinov2"], "file": ""}}),
+                                     "channels.dinov2.file: string should have at least 1 character"),
+        "channel of unknown kind": (changed(channels={"dinov2": {**good["channels"]["dinov2"], "kind": "ghost"}}),
+                                    "channels.dinov2.kind: input should be 'body' or 'face'"),
+        "no build id": (json.dumps({k: v for k, v in good.items() if k != "build_id"}), "build_id is missing"),
+        "a list": (json.dumps([good]), "manifest.json holds a list, not an object"),
+        "truncated": (text[: len(text) // 2], "manifest.json is not valid JSON"),
+        "empty": ("", "manifest.json is not valid JSON"),
+        "another folder's": (changed(slug="heat"), "its manifest is that of 'heat', not of the folder"),
     }
 
 
@@ -154,21 +172,40 @@ DAMAGE = list(_damage(LEGACY_MANIFEST.read_text(encoding="utf-8")))
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_a_damaged_manifest_is_no_index(damage: str, legacy_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_damaged_manifest_is_a_damaged_index(damage: str, legacy_dir: Path) -> None:
+    """Not loaded, not a movie, but listed as damaged with the reason, and refused with it."""
     folder = legacy_dir / "synthetic-movie"
-    (folder / MANIFEST).write_text(_damage((folder / MANIFEST).read_text(encoding="utf-8"))[damage], encoding="utf-8")
+    text, reason = _damage((folder / MANIFEST).read_text(encoding="utf-8"))[damage]
+    (folder / MANIFEST).write_text(text, encoding="utf-8")
+    with pytest.raises(IndexDamage, match=re.escape(reason)):
+        read_manifest(folder)
+    listing = IndexCatalog(legacy_dir).scan()
+    assert listing.movies == []
+    [damaged] = listing.damaged
+    assert (damaged.slug, damaged.path) == ("synthetic-movie", folder) and reason in damaged.reason
+    with pytest.raises(DamagedIndexError, match=re.escape(reason)) as raised:
+        MovieIndex(folder)
+    assert "Re-index it: castfinder index " in str(raised.value)
+
+
+def test_an_incomplete_build_is_no_index_and_no_damage(legacy_dir: Path, caplog) -> None:
+    folder = legacy_dir / "synthetic-movie"
+    data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    (folder / MANIFEST).write_text(json.dumps({**data, "complete": False}), encoding="utf-8")
     assert read_manifest(folder) is None
     with caplog.at_level(logging.WARNING, logger="core.store.reader"):
+        assert IndexCatalog(legacy_dir).scan() == Listing([], [])
         assert list_indexes(legacy_dir) == []
-    assert f"skipping {folder}" in caplog.text
-    with pytest.raises(IndexCorruptError, match="is not a complete index; rebuild it with `castfinder index`"):
+    assert "skipping" not in caplog.text
+    with pytest.raises(IndexCorruptError, match="holds no index"):
         MovieIndex(folder)
 
 
-def test_a_manifest_that_is_not_utf8_or_absent_is_no_index(legacy_dir: Path, caplog) -> None:
+def test_a_manifest_that_is_not_utf8_is_damage_and_an_absent_one_no_index(legacy_dir: Path, caplog) -> None:
     folder = legacy_dir / "synthetic-movie"
     (folder / MANIFEST).write_bytes(b"\xff\xfe{}")
-    assert read_manifest(folder) is None
+    with pytest.raises(IndexDamage, match="manifest.json is not UTF-8 text"):
+        read_manifest(folder)
     (folder / MANIFEST).unlink()
     assert read_manifest(folder) is None
     with caplog.at_level(logging.WARNING, logger="core.store.reader"):

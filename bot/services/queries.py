@@ -282,7 +282,8 @@ class QueryService:
         if response.whole_image_queries:
             notes.append(texts.whole_image_note(response.whole_image_queries, len(ctx.images)))
         stored = [
-            StoredResult(r.rank, r.shot, r.scene, r.start_s, r.end_s, r.confidence, r.thumbnail, r.low_confidence)
+            StoredResult(r.rank, r.shot, r.scene, r.start_s, r.end_s, r.confidence, r.thumbnail or "",
+                         r.low_confidence)
             for r in response.results
         ]
         target = ctx.target

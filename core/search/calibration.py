@@ -96,6 +96,9 @@ def fit(vectors: np.ndarray, frames: np.ndarray, boxes: np.ndarray, shots: np.nd
         j = rng.integers(0, len(vectors), size=len(i))
         keep = shots[i] != shots[j]
         neg = np.einsum("ij,ij->i", vectors[i[keep]], vectors[j[keep]]).astype(np.float64)
+    # A vector that is not finite (an embedding of nothing, normalised) gives no similarity: left
+    # out, the statistics stay finite, and the manifest never holds a NaN (which loads as damage).
+    neg = neg[np.isfinite(neg)]
     if len(neg) < _MIN_PAIRS:
         return Calibration(*DEFAULT_NEGATIVES, negatives=int(len(neg)))
     if len(neg) > _MAX_PAIRS:

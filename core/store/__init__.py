@@ -6,6 +6,12 @@
 - `<channel>.faiss`: one FAISS index per embedding channel, vector ids = crop ids;
 - `thumbs/shot_<id>.jpg`: one thumbnail per shot.
 
+A folder with a manifest that fails validation, or whose files are not those the manifest
+describes (health.py: sizes, FAISS headers, SQLite tables, crop ids; checked cheaply on every
+listing and fully as `MovieIndex` loads), is a *damaged* index: `IndexCatalog.scan` lists it
+apart with the reason, and loading it raises `DamagedIndexError`, never a crash. A folder without
+a manifest, or with `"complete": false`, is a leftover and not listed at all.
+
 Indexes are built in a hidden sibling folder and swapped in with renames at the end, so an
 interrupted run leaves the previous index untouched and never a half index that loads. Vectors
 stream to raw files there (`vectors/<channel>.f32` and `.ids`), so memory does not grow with
@@ -15,12 +21,14 @@ a power cut resumes from the last checkpoint when the same source is indexed wit
 settings (the folder's name and the checkpoint carry a key of both), and starts afresh otherwise.
 """
 
+from .health import check_files
 from .layout import BUILDING_PREFIX, CHECKPOINT, FORMAT_VERSION, MANIFEST, META, OLD_PREFIX, VECTORS
 from .manifest import (
     ChannelPlan,
     ChannelSpec,
     Counts,
     DetectorSpec,
+    IndexDamage,
     Manifest,
     ManifestDraft,
     SourceSpec,
@@ -28,13 +36,14 @@ from .manifest import (
     movie_info,
     read_manifest,
 )
-from .reader import MovieIndex, list_indexes
+from .reader import IndexCatalog, Listing, MovieIndex, damaged_movie, inspect_folder, list_indexes
 from .recovery import tidy_index_dir
 from .writer import Checkpoint, CropRow, IndexWriter, build_faiss
 
 __all__ = [
     "BUILDING_PREFIX", "CHECKPOINT", "ChannelPlan", "ChannelSpec", "Checkpoint", "Counts", "CropRow", "DetectorSpec",
-    "FORMAT_VERSION", "IndexWriter", "MANIFEST", "META", "Manifest", "ManifestDraft", "MovieIndex", "OLD_PREFIX",
-    "SourceSpec", "StageSeconds", "VECTORS", "build_faiss", "list_indexes", "movie_info", "read_manifest",
+    "FORMAT_VERSION", "IndexCatalog", "IndexDamage", "IndexWriter", "Listing", "MANIFEST", "META", "Manifest",
+    "ManifestDraft", "MovieIndex", "OLD_PREFIX", "SourceSpec", "StageSeconds", "VECTORS", "build_faiss",
+    "check_files", "damaged_movie", "inspect_folder", "list_indexes", "movie_info", "read_manifest",
     "tidy_index_dir",
 ]
