@@ -8,7 +8,6 @@ share is in castfinder/common.py; `castfinder eval` is castfinder/eval_cmd.py.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -30,6 +29,7 @@ from castfinder.common import (  # noqa: E402
     engine_output_to_stderr,
     fail,
     model_flags,
+    print_json,
     search_flags,
 )
 
@@ -173,14 +173,14 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
             bars.close()
     m = report.movie
     if args.json:
-        print(json.dumps({
+        print_json({
             "movie": m.name, "slug": m.slug, "path": str(m.path), "duration_s": round(m.duration_s, 3),
             "shots": report.shots, "frames_sampled": report.frames_sampled, "frames_still": report.frames_still,
             "persons_detected": report.persons_detected, "crops_kept": report.crops_kept,
             "duplicates_dropped": report.duplicates_dropped, "shots_without_people": report.shots_without_people,
             "seconds": {k: round(v, 3) for k, v in report.seconds.items()}, "warnings": report.warnings,
             "resumed_at_s": report.resumed_at_s,
-        }, ensure_ascii=False))
+        })
         return 0
     print(f"Indexed {m.name!r} → {m.path}")
     if report.resumed_at_s is not None:
@@ -202,29 +202,37 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_movies(args: argparse.Namespace, settings: Settings) -> int:
     from core import Engine, format_ts
 
-    movies = Engine(settings, load_models=False).movies()
+    engine = Engine(settings, load_models=False)
+    movies, damaged = engine.movies(), engine.damaged_movies()
     if args.json:
-        print(json.dumps({"movies": [{
+        print_json({"movies": [{
             "name": m.name, "slug": m.slug, "duration_s": round(m.duration_s, 3), "shots": m.shots,
             "frames": m.frames, "vectors": m.vectors, "embedder": m.embedder, "model": m.embedder_model,
-            "built_at": m.built_at, "path": str(m.path)} for m in movies]}, ensure_ascii=False))
+            "built_at": m.built_at, "path": str(m.path)} for m in movies],
+            "damaged": [{"name": d.name, "slug": d.slug, "path": str(d.path), "reason": d.reason,
+                         "reindex": d.reindex} for d in damaged]})
         return 0
     if not movies:
-        print(f"No movies indexed in {settings.index_dir.resolve()}. "
+        print(f"No {'searchable ' if damaged else ''}movies indexed in {settings.index_dir.resolve()}. "
               "Index one with: castfinder index MOVIE.mp4 --movie \"Name\"")
-        return 0
-    from rich.table import Table
+    else:
+        from rich.table import Table
 
-    table = Table(title=f"Indexed movies ({settings.index_dir})")
-    columns: tuple[tuple[str, JustifyMethod], ...] = (
-        ("movie", "left"), ("slug", "left"), ("duration", "right"), ("shots", "right"), ("frames", "right"),
-        ("vectors", "right"), ("embedder", "left"), ("built", "left"))
-    for col, justify in columns:
-        table.add_column(col, justify=justify, no_wrap=col != "movie", overflow="fold")
-    for m in movies:
-        table.add_row(m.name, m.slug, format_ts(m.duration_s, decimals=0), str(m.shots), str(m.frames),
-                      str(m.vectors), f"{m.embedder} ({m.dim}-d)", m.built_at.replace("T", " ")[:16])
-    console().print(table)
+        table = Table(title=f"Indexed movies ({settings.index_dir})")
+        columns: tuple[tuple[str, JustifyMethod], ...] = (
+            ("movie", "left"), ("slug", "left"), ("duration", "right"), ("shots", "right"), ("frames", "right"),
+            ("vectors", "right"), ("embedder", "left"), ("built", "left"))
+        for col, justify in columns:
+            table.add_column(col, justify=justify, no_wrap=col != "movie", overflow="fold")
+        for m in movies:
+            table.add_row(m.name, m.slug, format_ts(m.duration_s, decimals=0), str(m.shots), str(m.frames),
+                          str(m.vectors), f"{m.embedder} ({m.dim}-d)", m.built_at.replace("T", " ")[:16])
+        console().print(table)
+    if damaged:
+        # Plain print: a reason quotes file contents and names, which rich would read as markup.
+        print(f"\nDamaged indexes ({len(damaged)}), not searchable until re-indexed:")
+        for d in damaged:
+            print(f"  {d.name} ({d.path}): {d.reason}\n    re-index: {d.reindex}")
     return 0
 
 
@@ -260,7 +268,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
                                  top=args.top, aggregation=args.aggregation,
                                  channels=channel_list(args.search_channels) or None)
     if args.json:
-        print(json.dumps(response.to_json(), ensure_ascii=False))
+        print_json(response.to_json())
         return 0
     from rich.table import Table
 
@@ -278,7 +286,8 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     for r in response.results:
         shot = f"{r.scene}/{r.shot}" if r.scene is not None else str(r.shot)
         score = f"{r.score:.3f}" + (" (weak)" if r.low_confidence else "")
-        table.add_row(str(r.rank), shot, f"{format_ts(r.start_s)}–{format_ts(r.end_s)}", score, r.thumbnail)
+        table.add_row(str(r.rank), shot, f"{format_ts(r.start_s)}–{format_ts(r.end_s)}", score,
+                      r.thumbnail or "(no thumbnail: its file is missing or damaged)")
     # Where the time went (the first search of a process includes loading the models).
     table.caption = " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in response.speed.items())
     out.print(table)
@@ -317,7 +326,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     statuses = [registry.model_status(spec, settings) for spec in registry.REGISTRY.values()]
     models_dir, cache = registry.models_dir(settings), registry.user_cache_models_dir()
     if args.json:
-        print(json.dumps({
+        print_json({
             "models_dir": str(models_dir), "cache_dir": str(cache), "offline": registry.offline(),
             "models": [{
                 "name": st.spec.name, "kind": st.spec.kind, "available": st.available, "where": st.where or None,
@@ -330,7 +339,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
                     "filename": st.spec.derived_from.source.filename, "size": st.spec.derived_from.source.size,
                     "sha256": st.spec.derived_from.source.sha256, "urls": list(st.spec.derived_from.source.urls),
                     "note": st.spec.derived_from.note},
-            } for st in statuses]}, ensure_ascii=False))
+            } for st in statuses]})
         return 0
     from rich.table import Table
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, get_args
@@ -25,6 +26,12 @@ def fail(message: str, code: int = EXIT_ERROR) -> int:
     """Say what went wrong in one line on stderr; returns the exit code to leave with."""
     print(f"castfinder: error: {message}", file=sys.stderr)
     return code
+
+
+def print_json(data: object) -> None:
+    """Print `data` as one line of strict JSON: NaN or Infinity raise ValueError instead of
+    printing what no JSON parser accepts (so that a regression fails loudly in tests)."""
+    print(json.dumps(data, ensure_ascii=False, allow_nan=False))
 
 
 def console() -> Console:

@@ -17,7 +17,6 @@ library; core.evaluation's names only): `castfinder.cli` imports it to build its
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -32,6 +31,7 @@ from castfinder.common import (
     console,
     engine_output_to_stderr,
     fail,
+    print_json,
 )
 from core.evaluation.harness import PeopleMode
 from core.evaluation.metrics import TieMode
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                           elapsed_s=round(time.perf_counter() - started, 3))
 
     if args.json:
-        print(json.dumps(report, ensure_ascii=False))
+        print_json(report)
         for w in report["warnings"]:
             print(f"castfinder: warning: {w}", file=sys.stderr)
         for path in report["plots"].values():

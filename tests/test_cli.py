@@ -115,7 +115,7 @@ def test_the_console_script_runs(env: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "castfinder", "movies", "--json"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"movies": []}
+    assert json.loads(proc.stdout) == {"movies": [], "damaged": []}
     proc = subprocess.run([sys.executable, "-m", "castfinder", "search", "--movie", "x"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "images" in proc.stderr
