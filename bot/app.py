@@ -31,6 +31,7 @@ from .logging_setup import configure_logging
 from .middlewares.albums import AlbumCollector, AlbumMiddleware, Timer
 from .middlewares.errors import ErrorsMiddleware
 from .middlewares.retry import RetryMiddleware
+from .middlewares.scope import ScopeMiddleware
 from .middlewares.throttling import ThrottlingMiddleware
 from .middlewares.timing import ReceivedAtMiddleware
 from .services.engine_gateway import EngineGateway, EngineLike
@@ -133,8 +134,9 @@ async def create_app(
     )
     dp.update.outer_middleware(ErrorsMiddleware())
     dp.update.outer_middleware(ReceivedAtMiddleware())
+    dp.message.outer_middleware(ScopeMiddleware())
     dp.message.outer_middleware(AlbumMiddleware(albums))
-    throttling = ThrottlingMiddleware(dp["rate_limiter"])
+    throttling = ThrottlingMiddleware(dp["rate_limiter"], RateLimiter(settings.user_message_rate))
     dp.message.middleware(throttling)
     dp.callback_query.middleware(throttling)
     dp.include_routers(*create_routers())

@@ -13,10 +13,12 @@ from . import texts
 
 
 class QueryRefused(Exception):
-    """`html` is the message for the user (already escaped); `outcome` goes to the query log."""
+    """`html` is the message for the user (already escaped), or None for a deliberate silence
+    (the user was already told, e.g. a second "you already have a query running" in a flood);
+    `outcome` goes to the query log."""
 
-    def __init__(self, html: str, outcome: str) -> None:
-        super().__init__(html)
+    def __init__(self, html: str | None, outcome: str) -> None:
+        super().__init__(html or outcome)
         self.html = html
         self.outcome = outcome
 
@@ -38,5 +40,6 @@ def explain(exc: Exception) -> Explanation:
         return Explanation("blocked", None)
     if isinstance(exc, CastfinderError):
         # The engine raises these on purpose, with a message written for users.
-        return Explanation("bad_input", texts.esc(exc))
+        # Shortened like every echoed value: the message may quote what the user sent.
+        return Explanation("bad_input", texts.quote(exc, texts.REASON_CHARS))
     return Explanation("error", texts.internal_error(), unexpected=True)

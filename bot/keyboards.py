@@ -1,34 +1,92 @@
 """Inline keyboards and their callback data. Callback data carries ids only (Telegram caps it at
-64 bytes and users can forge it): results and screenshots stay server-side."""
+64 bytes and users can forge it): results and screenshots stay server-side.
+
+Forged data is parsed strictly: ids only in the alphabet the bot writes them in, numbers only as
+ASCII digits within bounds. `str.isdigit` and `int()` accept "²", Arabic-Indic digits, "+1",
+" 1" and "1_0", and pydantic's int accepts "-1" and 40-digit numbers; none of those is data the
+bot wrote. Data that does not parse matches no handler, and the last callback handler answers it
+as an expired button.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardMarkup
 from aiogram.utils.keyboard import InlineKeyboardBuilder
+from pydantic import field_validator
 
 from core import MovieInfo
 
 from . import texts
 from .services.engine_gateway import movie_key
+from .settings import MAX_RESULTS_CAP
 
 MAX_PICK_BUTTONS = 10
+_STORED_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # storage.new_id(): URL-safe base64
+_MOVIE_KEY = re.compile(r"[0-9a-f]{10}")  # engine_gateway.movie_key
+
+
+def ascii_number(value: object, low: int, high: int) -> int:
+    """`value` as an int in [low, high]: an int from the bot's own code, or a string of ASCII
+    digits (at most as many as `high` has) from callback data. Raises ValueError otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif (isinstance(value, str) and 0 < len(value) <= len(str(high)) and value.isascii()
+          and value.isdigit()):
+        number = int(value)
+    else:
+        raise ValueError(f"not a number from {low} to {high}")
+    if not low <= number <= high:
+        raise ValueError(f"not a number from {low} to {high}")
+    return number
+
+
+def _matching(pattern: re.Pattern[str], value: object, what: str) -> str:
+    if not isinstance(value, str) or pattern.fullmatch(value) is None:
+        raise ValueError(f"not a {what}")
+    return value
 
 
 class MovieChoice(CallbackData, prefix="mv"):
     key: str  # movie_key(slug)
 
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key(cls, value: object) -> str:
+        return _matching(_MOVIE_KEY, value, "movie key")
+
 
 class PersonChoice(CallbackData, prefix="pk"):
     pick: str  # PendingPick.id
-    who: str  # "1".."n" or "all"
+    who: str  # "1".."MAX_PICK_BUTTONS" or "all"
+
+    @field_validator("pick", mode="before")
+    @classmethod
+    def _pick(cls, value: object) -> str:
+        return _matching(_STORED_ID, value, "pick id")
+
+    @field_validator("who", mode="before")
+    @classmethod
+    def _who(cls, value: object) -> str:
+        return "all" if value == "all" else str(ascii_number(value, 1, MAX_PICK_BUTTONS))
 
 
 class MoreResults(CallbackData, prefix="mr"):
     page: str  # ResultPage.id
     offset: int  # index of the first result to show
+
+    @field_validator("page", mode="before")
+    @classmethod
+    def _page(cls, value: object) -> str:
+        return _matching(_STORED_ID, value, "page id")
+
+    @field_validator("offset", mode="before")
+    @classmethod
+    def _offset(cls, value: object) -> int:
+        return ascii_number(value, 0, MAX_RESULTS_CAP)
 
 
 def movies_keyboard(movies: Sequence[MovieInfo]) -> InlineKeyboardMarkup:

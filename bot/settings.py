@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # at most two albums and a text message that fits in 4096 characters.
 MAX_TOPK = 20
 ALBUM_MAX = 10
+# The most results kept per query (CASTFINDER_MAX_RESULTS); also bounds a "More" button's offset.
+MAX_RESULTS_CAP = 500
 
 
 class BotSettings(BaseSettings):
@@ -43,13 +45,16 @@ class BotSettings(BaseSettings):
     queue_size: int = Field(default=20, ge=0)
     # Queries per minute per user; 0 turns the limit off.
     user_rate: int = Field(default=6, ge=0)
+    # Messages and button taps per minute per user that the bot answers (0 = no limit): beyond
+    # that a flood is answered once, then ignored until the minute has passed.
+    user_message_rate: int = Field(default=30, ge=0, le=600)
     # Queries one user may have running or queued at once.
     user_max_active: int = Field(default=1, ge=1)
     # How long to wait for the rest of an album after its last part arrived.
     album_wait_s: float = Field(default=1.0, gt=0, le=30)
     default_topk: int = Field(default=5, ge=1, le=MAX_TOPK)
     # Results kept per query for the "More" button.
-    max_results: int = Field(default=50, ge=1, le=500)
+    max_results: int = Field(default=50, ge=1, le=MAX_RESULTS_CAP)
     results_ttl_days: float = Field(default=7.0, gt=0)
     # Minimum seconds between two edits of the status message (Telegram's flood limits).
     status_interval_s: float = Field(default=2.0, ge=0)

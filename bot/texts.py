@@ -1,6 +1,7 @@
 """Everything the bot says, in one place. Messages and captions are HTML: every value that comes
-from users, movie names or the engine goes through `esc`. Button labels, callback answers and the
-command menu are plain text (Telegram shows them as given), so nothing there is escaped."""
+from users, movie names or the engine goes through `quote` (shortened, then escaped). Button
+labels, callback answers and the command menu are plain text (Telegram shows them as given), so
+nothing there is escaped."""
 
 from __future__ import annotations
 
@@ -12,9 +13,31 @@ from core import MovieInfo, format_ts
 from .services.storage import StoredResult, UsageStats
 from .settings import MAX_TOPK
 
+# Telegram refuses a message over 4096 characters and a caption over 1024 (counted after the HTML
+# is parsed). The bot's own words are short; what can make a message too long is a value someone
+# else wrote: a caption, a command's argument, a file name, a movie's name, an engine message. So
+# every such value is shortened by `quote` before it is echoed, whatever its source.
+ECHO_CHARS = 100  # a user's words quoted back ("No indexed movie matches “…”")
+NAME_CHARS = 80  # a movie's name in a message (30 of them fit in /movies' list)
+REASON_CHARS = 600  # an engine message written for users (why an image or an index is refused)
+
 
 def esc(value: object) -> str:
+    """HTML-escaped, whole: for the bot's own values only (numbers, its username)."""
     return escape(str(value), quote=False)
+
+
+def quote(value: object, limit: int = ECHO_CHARS) -> str:
+    """`value` as the bot may echo it in a message: whitespace runs as one space, at most `limit`
+    characters (the cut marked with "…"), HTML-escaped. Shortened before escaping, because
+    Telegram counts the text after parsing the HTML."""
+    return esc(shorten(value, limit))
+
+
+def shorten(value: object, limit: int) -> str:
+    """`value` on one line and at most `limit` characters: plain text (buttons, callback answers)."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def duration(seconds: float) -> str:
@@ -49,7 +72,7 @@ def movies_list(movies: Sequence[MovieInfo], current_slug: str | None, shown: in
     lines = ["<b>Indexed movies</b> (tap one to pick it):"]
     for m in movies[:shown]:
         mark = " ✅" if m.slug == current_slug else ""
-        lines.append(f"• {esc(m.name)} — {duration(m.duration_s)}, {m.shots} shots{mark}")
+        lines.append(f"• {quote(m.name, NAME_CHARS)} — {duration(m.duration_s)}, {m.shots} shots{mark}")
     if len(movies) > shown:
         lines.append(f"… and {len(movies) - shown} more: use <code>/movie name</code>.")
     return "\n".join(lines)
@@ -57,18 +80,19 @@ def movies_list(movies: Sequence[MovieInfo], current_slug: str | None, shown: in
 
 def movie_set(movie: MovieInfo) -> str:
     return (
-        f"🎬 Movie for this chat: <b>{esc(movie.name)}</b> ({duration(movie.duration_s)}, {movie.shots} shots).\n"
+        f"🎬 Movie for this chat: <b>{quote(movie.name, NAME_CHARS)}</b> "
+        f"({duration(movie.duration_s)}, {movie.shots} shots).\n"
         "Now send a screenshot of the character."
     )
 
 
 def movie_button(name: str) -> str:
     # Long names would make the keyboard unreadable on a phone.
-    return name if len(name) <= 60 else name[:59] + "…"
+    return shorten(name, 60)
 
 
 def movie_chosen(name: str) -> str:
-    return f"{name} selected"
+    return f"{shorten(name, 60)} selected"  # a callback answer: Telegram allows 200 characters
 
 
 def movie_choice_gone() -> str:
@@ -78,27 +102,27 @@ def movie_choice_gone() -> str:
 def current_movie(name: str | None) -> str:
     if name is None:
         return "No movie is selected in this chat. Pick one with /movies or <code>/movie name</code>."
-    return f"🎬 The movie for this chat is <b>{esc(name)}</b>. Change it with <code>/movie name</code>."
+    return f"🎬 The movie for this chat is <b>{quote(name, NAME_CHARS)}</b>. Change it with <code>/movie name</code>."
 
 
 def choose_movie(query: str) -> str:
-    return f"Several movies match “{esc(query)}”. Which one?"
+    return f"Several movies match “{quote(query)}”. Which one?"
 
 
 def did_you_mean(query: str) -> str:
-    return f"No indexed movie is called “{esc(query)}”. Did you mean one of these?"
+    return f"No indexed movie is called “{quote(query)}”. Did you mean one of these?"
 
 
 def movie_not_found(query: str, closest: Sequence[str]) -> str:
     if closest:
-        names = ", ".join(esc(n) for n in closest)
-        return f"No indexed movie matches “{esc(query)}”. Closest: {names}. See /movies."
-    return f"No indexed movie matches “{esc(query)}”, and no movie is indexed yet."
+        names = ", ".join(quote(n, NAME_CHARS) for n in closest[:5])
+        return f"No indexed movie matches “{quote(query)}”. Closest: {names}. See /movies."
+    return f"No indexed movie matches “{quote(query)}”, and no movie is indexed yet."
 
 
 def movie_gone(name: str | None) -> str:
     return (
-        f"The movie set for this chat ({esc(name or '?')}) is no longer indexed. "
+        f"The movie set for this chat ({quote(name or '?', NAME_CHARS)}) is no longer indexed. "
         "Pick another with /movies."
     )
 
@@ -111,7 +135,7 @@ def no_movie_selected() -> str:
 
 
 def caption_ignored(caption: str, movie: str) -> str:
-    return f"(“{esc(caption)}” is not an indexed movie; searched {esc(movie)}, this chat's movie.)"
+    return f"(“{quote(caption)}” is not an indexed movie; searched {quote(movie, NAME_CHARS)}, this chat's movie.)"
 
 
 def topk_current(n: int) -> str:
@@ -123,11 +147,11 @@ def topk_set(n: int) -> str:
 
 
 def topk_invalid(arg: str) -> str:
-    return f"“{esc(arg)}” is not a number from 1 to {MAX_TOPK}. Example: <code>/topk 5</code>"
+    return f"“{quote(arg)}” is not a number from 1 to {MAX_TOPK}. Example: <code>/topk 5</code>"
 
 
 def not_an_image(name: str | None) -> str:
-    label = f"“{esc(name)}”" if name else "That file"
+    label = f"“{quote(name)}”" if name else "That file"
     return f"{label} is not an image. Send a screenshot as a photo or as a JPEG/PNG/WebP file."
 
 
@@ -162,6 +186,13 @@ def rate_limited(per_minute: int, retry_in: float) -> str:
     )
 
 
+def flooding(retry_in: float) -> str:
+    return (
+        "You're sending messages faster than I can answer, so I'm skipping them for now. "
+        f"Try again in {max(1, int(retry_in + 0.999))} s."
+    )
+
+
 def user_busy() -> str:
     return "You already have a query running. Wait for its answer, then send the next one."
 
@@ -183,7 +214,7 @@ def internal_error() -> str:
 
 
 def download_failed() -> str:
-    return "I couldn't download that file from Telegram. Please send it again."
+    return "I couldn't download your screenshot from Telegram; please send it again."
 
 
 # -- status ------------------------------------------------------------------------------
@@ -200,7 +231,7 @@ def status_people(done: int, total: int) -> str:
 
 
 def status_searching(movie: str) -> str:
-    return f"🔎 Searching {esc(movie)}…"
+    return f"🔎 Searching {quote(movie, NAME_CHARS)}…"
 
 
 # -- people picker -----------------------------------------------------------------------
@@ -248,14 +279,14 @@ def result_caption(r: StoredResult) -> str:
 
 def results_text(movie: str, results: Sequence[StoredResult], *, total: int, notes: Iterable[str]) -> str:
     if not results:
-        return f"No shot of <b>{esc(movie)}</b> matched. Try another screenshot."
+        return f"No shot of <b>{quote(movie, NAME_CHARS)}</b> matched. Try another screenshot."
     first, last = results[0].rank, results[-1].rank
     confident = [r for r in results if not r.low_confidence]
     span = f"{first}–{last}" if last > first else f"{first}"
     if not confident:
-        head = f"No confident match in <b>{esc(movie)}</b>; the closest shots ({span} of {total}):"
+        head = f"No confident match in <b>{quote(movie, NAME_CHARS)}</b>; the closest shots ({span} of {total}):"
     else:
-        head = f"<b>{esc(movie)}</b>: best shots {span} of {total}:"
+        head = f"<b>{quote(movie, NAME_CHARS)}</b>: best shots {span} of {total}:"
     lines = [head, *(esc(result_line(r)) for r in results)]
     if len(confident) < len(results):
         lines.append("⚠️ Weak matches are under the confidence threshold: the character may not be in them.")
@@ -281,6 +312,11 @@ def results_expired() -> str:
     return "These results have expired. Send the screenshot again."
 
 
+def button_expired() -> str:
+    """A button whose data the bot cannot read, or that belongs to another chat: as expired."""
+    return "This button no longer works. Send the screenshot again."
+
+
 # -- admin -------------------------------------------------------------------------------
 def admins_only() -> str:
     return "This command is for the bot's admins."
@@ -290,8 +326,8 @@ def stats(s: UsageStats, *, running: int, waiting: int, movies: int) -> str:
     def ms(v: float | None) -> str:
         return "—" if v is None else f"{v / 1000:.2f} s"
 
-    outcomes = ", ".join(f"{esc(k)} {v}" for k, v in s.outcomes.items()) or "—"
-    top = ", ".join(f"{esc(k)} ({v})" for k, v in s.top_movies) or "—"
+    outcomes = ", ".join(f"{quote(k)} {v}" for k, v in s.outcomes.items()) or "—"
+    top = ", ".join(f"{quote(k, NAME_CHARS)} ({v})" for k, v in s.top_movies) or "—"
     return "\n".join([
         "<b>Usage</b>",
         f"Queries: {s.total} (last 24 h: {s.last_24h}); users: {s.users}; chats: {s.chats}",
@@ -339,11 +375,13 @@ def missing_token_help() -> str:
 
 
 def ambiguous_caption(query: str, candidates: Sequence[str]) -> str:
-    names = ", ".join(esc(n) for n in candidates)
-    return f"“{esc(query)}” matches several movies: {names}. Write more of the name."
+    # A short prefix ("the") may match a hundred movies: name a few, count the rest.
+    names = ", ".join(quote(n, NAME_CHARS) for n in candidates[:10])
+    more = f" and {len(candidates) - 10} more" if len(candidates) > 10 else ""
+    return f"“{quote(query)}” matches several movies: {names}{more}. Write more of the name."
 
 
 def bad_image(reason: str, position: int | None = None, total: int = 1) -> str:
     reason = reason.removeprefix("image: ")
     where = f"Screenshot {position} of {total}" if position is not None and total > 1 else "That screenshot"
-    return f"{where} can't be used: {esc(reason)}"
+    return f"{where} can't be used: {quote(reason, REASON_CHARS)}"

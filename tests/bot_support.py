@@ -86,7 +86,8 @@ class LoopbackSession(AiohttpSession):
 def bot_settings(srv: FakeTelegramServer, tmp_path: Path, **overrides: Any) -> BotSettings:
     values: dict[str, Any] = dict(
         bot_token=srv.token, telegram_api_base=srv.base_url, db_path=tmp_path / "bot.sqlite3",
-        status_interval_s=0.0, query_workers=2, queue_size=5, user_rate=100, shutdown_grace_s=10.0,
+        status_interval_s=0.0, query_workers=2, queue_size=5, user_rate=100, user_message_rate=600,
+        shutdown_grace_s=10.0,
     )
     values.update(overrides)
     return BotSettings(_env_file=None, **values)
@@ -134,6 +135,8 @@ async def bot_harness(engine: Any, tmp_path: Path, **overrides: Any) -> AsyncIte
         finally:
             await app.close()
             await app.bot.session.close()
+        # Every bot test checks this: the bot never made a request Telegram refuses for its size.
+        assert not srv.limit_violations, f"requests over Telegram's limits: {srv.limit_violations}"
 
 
 # -- engine stand-ins ---------------------------------------------------------------------

@@ -210,7 +210,7 @@ async def test_storage_migrates_an_older_database_and_refuses_a_newer_one(tmp_pa
         assert (await db.chat(5)).topk == 7  # data kept
         page = await db.save_results(chat_id=5, user_id=5, reply_to=1, thread_id=None, movie="Heat", page_size=5,
                                      results=[StoredResult(1, 3, None, 1.0, 2.0, 0.9, "/t.jpg", False)], notes=[])
-        assert (await db.results(page.id)).results[0].shot == 3  # the new tables work
+        assert (await db.results(page.id, chat_id=5)).results[0].shot == 3  # the new tables work
     finally:
         await db.close()
     async with aiosqlite.connect(path) as raw:
@@ -230,7 +230,7 @@ async def test_result_pages_and_picks_expire(tmp_path: Path) -> None:
         new = await db.save_results(chat_id=1, user_id=1, reply_to=None, thread_id=None, movie="Heat", page_size=5,
                                     results=[], notes=["n"])
         assert await db.purge(7 * 86400) == 1
-        assert await db.pick(old.id) is None and (await db.results(new.id)).notes == ["n"]
+        assert await db.pick(old.id, chat_id=1) is None and (await db.results(new.id, chat_id=1)).notes == ["n"]
     finally:
         await db.close()
 

@@ -1,4 +1,11 @@
-"""Buttons under answers: whom to look for on a picker, and "More" results."""
+"""Buttons under answers: whom to look for on a picker, and "More" results.
+
+Callback data can be forged (see keyboards.py), so a button is honoured only where it was shown:
+pages and person choices are looked up together with the chat the button was pressed in, and a
+page id from another chat is answered exactly like an expired button, touching nothing. In a
+group, anyone may press "More" (the answer is already the chat's to read, and paging costs no
+engine work); only the asker may choose on a person picker (it starts a search on their behalf).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,11 @@ from ..services.storage import Storage
 from ..services.telegram_io import ResultSender
 
 
+def _chat_id(callback: CallbackQuery) -> int | None:
+    """The chat whose message carries the button; None for inline-mode messages (never ours)."""
+    return callback.message.chat.id if callback.message is not None else None
+
+
 async def on_person_chosen(
     callback: CallbackQuery,
     callback_data: PersonChoice,
@@ -22,15 +34,16 @@ async def on_person_chosen(
     queries: QueryService,
     received_at: float | None = None,
 ) -> None:
-    pick = await db.pick(callback_data.pick)
+    chat_id = _chat_id(callback)
+    pick = await db.pick(callback_data.pick, chat_id=chat_id) if chat_id is not None else None
     if pick is None:
         await callback.answer(texts.pick_expired(), show_alert=True)
         return
     if pick.user_id != callback.from_user.id:
         await callback.answer(texts.pick_not_yours(), show_alert=True)
         return
-    who = callback_data.who
-    if who != "all" and not (who.isdigit() and 1 <= int(who) <= len(pick.people)):
+    who = callback_data.who  # "all" or ASCII digits within the picker's buttons (keyboards.py)
+    if who != "all" and int(who) > len(pick.people):
         await callback.answer(texts.pick_expired(), show_alert=True)
         return
     await callback.answer(texts.pick_started(who))
@@ -42,7 +55,8 @@ async def on_person_chosen(
 async def on_more(
     callback: CallbackQuery, callback_data: MoreResults, bot: Bot, db: Storage, queries: QueryService
 ) -> None:
-    page = await db.results(callback_data.page)
+    chat_id = _chat_id(callback)
+    page = await db.results(callback_data.page, chat_id=chat_id) if chat_id is not None else None
     if page is None:
         await callback.answer(texts.results_expired(), show_alert=True)
         return
@@ -61,8 +75,16 @@ async def on_more(
     await ResultSender(bot, queries.thumbnails).send_page(page, callback_data.offset)
 
 
+async def on_unknown_button(callback: CallbackQuery) -> None:
+    """Data no handler could read (empty, another prefix, a forged or malformed field, a button of
+    an older version of the bot): answered, so the button stops spinning, as an expired one."""
+    await callback.answer(texts.button_expired(), show_alert=True)
+
+
 def create_router() -> Router:
     router = Router(name="callbacks")
     router.callback_query.register(on_person_chosen, PersonChoice.filter(), flags={ENGINE_QUERY: True})
     router.callback_query.register(on_more, MoreResults.filter())
+    # Last of all callback handlers (the movies router, which reads MovieChoice, comes earlier).
+    router.callback_query.register(on_unknown_button)
     return router

@@ -35,8 +35,9 @@ class ErrorsMiddleware(BaseMiddleware):
             if why.unexpected:
                 log.exception("unexpected error handling update %s", getattr(event, "update_id", "?"))
             if why.html is None:
-                chat = data.get("event_chat")
-                log.info("chat %s is closed to the bot (%s); update skipped", getattr(chat, "id", "?"), exc)
+                if why.outcome == "blocked":
+                    chat = data.get("event_chat")
+                    log.info("chat %s is closed to the bot (%s); update skipped", getattr(chat, "id", "?"), exc)
             else:
                 await self._tell(event, data, why.html)
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable
 
 
@@ -56,12 +57,33 @@ class QueueFull(Exception):
 
 
 class UserBusy(Exception):
-    """The user already has as many queries running or waiting as allowed."""
+    """The user already has as many queries running or waiting as allowed. `repeated`: they were
+    already refused for it while the same query holds their place (a flood is told once)."""
+
+    def __init__(self, repeated: bool = False) -> None:
+        super().__init__("the user's places are taken" + (" (again)" if repeated else ""))
+        self.repeated = repeated
+
+
+@dataclass
+class QueueStats:
+    """What the queue did since start: how many queries ran at once, waited, were refused."""
+
+    admitted: int = 0  # tickets given (ran at once or waited)
+    waited: int = 0  # of those, how many had to wait for a worker
+    refused_full: int = 0  # "my queue is full"
+    refused_busy: int = 0  # "you already have a query running"
+    peak_running: int = 0
+    peak_waiting: int = 0
 
 
 class QueryQueue:
     """`workers` queries run at once, up to `max_waiting` wait in FIFO order, and one user holds
-    at most `per_user` places. Tickets know their place in line so users can be told."""
+    at most `per_user` places. Tickets know their place in line so users can be told.
+
+    This is also what bounds the bot's memory: a query downloads and decodes its screenshots only
+    once its ticket runs, so at most `workers` queries hold images, however many users send at
+    once (benchmarks/bench_gateway_memory.py measures it); waiting tickets hold only file ids."""
 
     def __init__(self, workers: int, max_waiting: int, *, per_user: int = 1) -> None:
         self.workers = workers
@@ -70,6 +92,7 @@ class QueryQueue:
         self._running: set[Ticket] = set()
         self._waiting: list[Ticket] = []
         self.closed = False
+        self.stats = QueueStats()
 
     @property
     def running(self) -> int:
@@ -80,17 +103,28 @@ class QueryQueue:
         return len(self._waiting)
 
     def enter(self, user_id: int) -> Ticket:
-        held = sum(1 for t in (*self._running, *self._waiting) if t.user_id == user_id)
-        if held >= self.per_user:
-            raise UserBusy()
+        held = [t for t in (*self._running, *self._waiting) if t.user_id == user_id]
+        if len(held) >= self.per_user:
+            self.stats.refused_busy += 1
+            # Told once per query that holds the place: a flood of screenshots while one runs
+            # gets one "you already have a query running", then silence.
+            repeated = any(t.refused_busy for t in held)
+            for t in held:
+                t.refused_busy = True
+            raise UserBusy(repeated)
         ticket = Ticket(self, user_id)
         if len(self._running) < self.workers and not self._waiting:
             self._running.add(ticket)
             ticket._granted = True
         elif len(self._waiting) >= self.max_waiting:
+            self.stats.refused_full += 1
             raise QueueFull(len(self._waiting))
         else:
             self._waiting.append(ticket)
+            self.stats.waited += 1
+        self.stats.admitted += 1
+        self.stats.peak_running = max(self.stats.peak_running, len(self._running))
+        self.stats.peak_waiting = max(self.stats.peak_waiting, len(self._waiting))
         return ticket
 
     def _position(self, ticket: Ticket) -> int:
@@ -109,6 +143,7 @@ class QueryQueue:
             nxt = self._waiting.pop(0)
             nxt._granted = True
             self._running.add(nxt)
+            self.stats.peak_running = max(self.stats.peak_running, len(self._running))
         for waiting in (*self._running, *self._waiting):
             waiting._changed.set()
 
@@ -119,6 +154,7 @@ class Ticket:
         self.user_id = user_id
         self._granted = False
         self._changed = asyncio.Event()
+        self.refused_busy = False  # the user was told this ticket holds their place
 
     @property
     def position(self) -> int:

@@ -208,9 +208,9 @@ class QueryService:
                 else:
                     await status.start(texts.status_downloading(count))
                 async with chat_action(ctx.bot, ctx.target.chat_id, thread_id=ctx.target.thread_id):
-                    limit = self.settings.max_download_bytes
-                    datas = await asyncio.gather(*(download(ctx.bot, ref, limit_bytes=limit) for ref in ctx.images))
-                    queries = await self._prepare(ctx, list(datas))
+                    # The downloaded bytes are not kept in this frame: once decoded they are freed
+                    # (an album may be ten files of up to 20 MB), not held through the search.
+                    queries = await self._prepare(ctx, await self._download(ctx))
                     if queries is None:
                         return
                     # Stored for "More"; never fewer than one page.
@@ -222,6 +222,10 @@ class QueryService:
             raise
         finally:
             await status.close()
+
+    async def _download(self, ctx: QueryContext) -> list[bytes]:
+        limit = self.settings.max_download_bytes
+        return list(await asyncio.gather(*(download(ctx.bot, ref, limit_bytes=limit) for ref in ctx.images)))
 
     async def _prepare(self, ctx: QueryContext, datas: list[bytes]) -> list[QueryImage] | None:
         """Decoded query images, or None when the user must first choose whom to look for."""
@@ -325,8 +329,8 @@ class QueryService:
     def _enter(self, user_id: int) -> Ticket:
         try:
             return self.queue.enter(user_id)
-        except UserBusy:
-            raise QueryRefused(texts.user_busy(), "user_busy") from None
+        except UserBusy as exc:
+            raise QueryRefused(None if exc.repeated else texts.user_busy(), "user_busy") from None
         except QueueFull:
             raise QueryRefused(texts.queue_full(), "queue_full") from None
 
@@ -341,8 +345,9 @@ class QueryService:
         rec.outcome = why.outcome
         if why.unexpected:
             log.exception("query in chat %s failed", target.chat_id)
-        if why.html is None:
-            log.info("chat %s is closed to the bot (%s); query dropped", target.chat_id, exc)
+        if why.html is None:  # nobody to tell, or already told
+            if why.outcome == "blocked":
+                log.info("chat %s is closed to the bot (%s); query dropped", target.chat_id, exc)
             return
         try:
             await target.text(bot, why.html)

@@ -241,8 +241,12 @@ class Storage:
         await self._db.commit()
         return page
 
-    async def results(self, page_id: str) -> ResultPage | None:
-        async with self._db.execute("SELECT * FROM result_pages WHERE id = ?", (page_id,)) as cur:
+    async def results(self, page_id: str, *, chat_id: int) -> ResultPage | None:
+        """The page `page_id` if it was posted in `chat_id`. A page id is callback data, which a
+        user can forge: bound to its chat, another chat's results are never found."""
+        async with self._db.execute(
+            "SELECT * FROM result_pages WHERE id = ? AND chat_id = ?", (page_id, chat_id)
+        ) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
@@ -272,8 +276,11 @@ class Storage:
         await self._db.commit()
         return pick
 
-    async def pick(self, pick_id: str) -> PendingPick | None:
-        async with self._db.execute("SELECT * FROM pending_picks WHERE id = ?", (pick_id,)) as cur:
+    async def pick(self, pick_id: str, *, chat_id: int) -> PendingPick | None:
+        """The person choice `pick_id` if it was offered in `chat_id` (bound like `results`)."""
+        async with self._db.execute(
+            "SELECT * FROM pending_picks WHERE id = ? AND chat_id = ?", (pick_id, chat_id)
+        ) as cur:
             row = await cur.fetchone()
         if row is None:
             return None

@@ -8,10 +8,11 @@ import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
+import aiohttp
 from aiogram import Bot
-from aiogram.exceptions import TelegramBadRequest, TelegramNetworkError
+from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramNetworkError
 from aiogram.types import (
     BufferedInputFile,
     FSInputFile,
@@ -71,27 +72,76 @@ def check_ref(ref: ImageRef, limit_bytes: int) -> None:
         raise QueryRefused(texts.file_too_big(ref.file_size, limit_bytes // (1024 * 1024)), "too_big")
 
 
+# Seconds before the second and third try of a file transfer (doubled each time).
+DOWNLOAD_BACKOFF_S = 0.5
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _CappedBuffer(io.BytesIO):
+    """Refuses to grow past `limit` bytes: a file larger than it said is cut off as it streams
+    in, not held whole in memory first."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def write(self, data: Any) -> int:
+        if self.tell() + len(data) > self.limit:
+            raise _TooBig()
+        return super().write(data)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth another try: the network, a timeout, or a 5xx (or 408, 429) from the file server;
+    not a 404 (the file is gone) nor a local file that is missing."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.status >= 500 or exc.status in (408, 429)
+    return isinstance(exc, (TelegramNetworkError, aiohttp.ClientError, asyncio.TimeoutError))
+
+
 async def download(bot: Bot, ref: ImageRef, *, limit_bytes: int, attempts: int = 3) -> bytes:
+    """The screenshot's bytes, or QueryRefused with a message for the user. Whatever Telegram or
+    the network does (getFile refused or failing after the request retries, the file answering
+    404 or 500, a dropped connection), the user is told to send it again and the log gets one
+    warning line: an outage of Telegram's, not a bug of ours, so no traceback."""
     check_ref(ref, limit_bytes)
+    too_big = QueryRefused(texts.file_too_big(max(ref.file_size or 0, limit_bytes + 1),
+                                              limit_bytes // (1024 * 1024)), "too_big")
+    try:
+        # Retried by the session's RetryMiddleware (429, 5xx, network) like every request.
+        file = await bot.get_file(ref.file_id)
+    except TelegramBadRequest as exc:
+        if "too big" in exc.message.lower():
+            raise too_big from exc
+        raise _download_failed(ref, exc) from exc
+    except TelegramAPIError as exc:
+        raise _download_failed(ref, exc) from exc
+    if file.file_size is not None and file.file_size > limit_bytes:
+        raise too_big
+    if not file.file_path:
+        raise _download_failed(ref, "Telegram gave no file path")
+    # The transfer itself bypasses the request middlewares, so it retries here.
     for attempt in range(attempts):
+        buffer = _CappedBuffer(limit_bytes)
         try:
-            buffer = io.BytesIO()
-            await bot.download(ref.file_id, destination=buffer)
-            data = buffer.getvalue()
-            break
-        except TelegramBadRequest as exc:
-            if "too big" in exc.message.lower():
-                size = ref.file_size or limit_bytes + 1
-                raise QueryRefused(texts.file_too_big(size, limit_bytes // (1024 * 1024)), "too_big") from exc
-            raise QueryRefused(texts.download_failed(), "download_failed") from exc
-        except TelegramNetworkError as exc:
-            # File downloads bypass the request middlewares, so they retry here.
-            if attempt + 1 >= attempts:
-                raise QueryRefused(texts.download_failed(), "download_failed") from exc
-            await asyncio.sleep(0.5 * 2**attempt)
-    if len(data) > limit_bytes:
-        raise QueryRefused(texts.file_too_big(len(data), limit_bytes // (1024 * 1024)), "too_big")
-    return data
+            await bot.download_file(file.file_path, destination=buffer)
+            return buffer.getvalue()
+        except _TooBig:
+            raise too_big from None
+        except (aiohttp.ClientError, asyncio.TimeoutError, TelegramNetworkError, OSError) as exc:
+            # OSError: a local Bot API server (CASTFINDER_TELEGRAM_API_LOCAL) whose file is gone.
+            if not _transient(exc) or attempt + 1 >= attempts:
+                raise _download_failed(ref, exc) from exc
+            await asyncio.sleep(DOWNLOAD_BACKOFF_S * 2**attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _download_failed(ref: ImageRef, why: object) -> QueryRefused:
+    log.warning("could not download %s %s from Telegram: %s", ref.kind, ref.file_id, why)
+    return QueryRefused(texts.download_failed(), "download_failed")
 
 
 @dataclass(frozen=True)

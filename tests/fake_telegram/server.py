@@ -54,6 +54,8 @@ MAX_UPLOAD_SIZE: Final[int] = 50 * 1024 * 1024
 
 MAX_TEXT_LENGTH: Final[int] = 4096
 MAX_CAPTION_LENGTH: Final[int] = 1024
+#: answerCallbackQuery's text: 0-200 characters.
+MAX_CALLBACK_ANSWER_LENGTH: Final[int] = 200
 
 #: Update types Telegram leaves out unless they are explicitly requested.
 _OPT_IN_UPDATE_TYPES: Final[frozenset[str]] = frozenset(
@@ -782,6 +784,11 @@ class FakeTelegramServer:
         self.server_errors: list[BaseException] = []
         #: file_path of every file the bot downloaded.
         self.downloads: list[str] = []
+        #: Requests Telegram refused because the bot broke one of its size limits (a text over
+        #: 4096 characters, a caption over 1024, a callback answer over 200, callback data over
+        #: 64 bytes): answered with Telegram's 400 like the real thing, and recorded so that a
+        #: test harness can fail any test whose bot made one (see tests/bot_support.py).
+        self.limit_violations: list[str] = []
 
         # Chat state ------------------------------------------------------
         self.messages: dict[tuple[int, int], JSONDict] = {}
@@ -812,6 +819,7 @@ class FakeTelegramServer:
 
         # Failure injection --------------------------------------------------
         self._failures: dict[str, list[_Failure]] = {}
+        self._download_failures: list[int] = []
 
         # Plumbing ----------------------------------------------------------
         self._calls_signal = _Signal()
@@ -1028,6 +1036,11 @@ class FakeTelegramServer:
         else:
             failure = _Failure(error_code, description or "Internal Server Error", None)
         self._failures.setdefault(method.lower(), []).extend(failure for _ in range(times))
+
+    def fail_next_download(self, status: int = 500, *, times: int = 1) -> None:
+        """Answer the next ``times`` file downloads (GET /file/bot<token>/<path>) with HTTP
+        ``status`` (404: the file is gone; 500: the file server fails) instead of the bytes."""
+        self._download_failures.extend(status for _ in range(times))
 
     def block_chat(self, chat_id: int) -> None:
         """Make every method addressed to ``chat_id`` fail with 403."""
@@ -1309,6 +1322,11 @@ class FakeTelegramServer:
             return web.json_response(
                 {"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401
             )
+        if self._download_failures:
+            status = self._download_failures.pop(0)
+            return web.json_response(
+                {"ok": False, "error_code": status, "description": "injected download failure"}, status=status
+            )
         stored = self._files_by_path.get(request.match_info["path"])
         if stored is None:
             return web.json_response(
@@ -1396,6 +1414,7 @@ class FakeTelegramServer:
         else:
             text, entities = raw, []
         if _utf16_len(text) > limit:
+            self.limit_violations.append(f"{text_key} of {_utf16_len(text)} characters (limit {limit})")
             raise _bad_request(too_long)
         return text, entities
 
@@ -1430,6 +1449,7 @@ class FakeTelegramServer:
                     )
                 data = button.get("callback_data")
                 if data is not None and not 1 <= len(str(data).encode()) <= 64:
+                    self.limit_violations.append(f"callback_data of {len(str(data).encode())} bytes (limit 64)")
                     raise _bad_request("BUTTON_DATA_INVALID")
                 url = button.get("url")
                 if url is not None and not re.match(r"^(https?|tg)://\S+$", str(url)):
@@ -1821,6 +1841,12 @@ class FakeTelegramServer:
         query_id = str(call.params.get("callback_query_id", ""))
         if query_id not in self.callback_answers:
             raise _bad_request("query is too old and response timeout expired or query ID is invalid")
+        text = call.params.get("text")
+        if text is not None and _utf16_len(str(text)) > MAX_CALLBACK_ANSWER_LENGTH:
+            self.limit_violations.append(
+                f"callback answer of {_utf16_len(str(text))} characters (limit {MAX_CALLBACK_ANSWER_LENGTH})"
+            )
+            raise _bad_request("MESSAGE_TOO_LONG")
         self.callback_answers[query_id] = dict(call.params)
         return True
 
