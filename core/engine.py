@@ -20,6 +20,8 @@ from PIL import Image
 
 from .errors import AmbiguousMovieError, BadInputError, MovieNotFoundError
 from .indexing.indexer import Indexer
+from .indexing.sources import check_source
+from .inputs import check_file
 from .models.cache import ModelCache
 from .models.channels import Channel
 from .models.detector import PersonDetector
@@ -151,6 +153,7 @@ class Engine:
     # -- offline --------------------------------------------------------------------------
     def index(self, source: Path | str, movie: str, progress: ProgressCallback = no_progress) -> IndexReport:
         """Build (or rebuild) the index of `movie` from a video file or a frames folder."""
+        check_source(Path(source).expanduser())  # a pipe, a device or a typo: refused before the models load
         def load() -> tuple[PersonDetector, list[Channel]]:
             return self.detector, [self.channel_for(name, self.settings.model_for(name))
                                    for name in self.settings.index_channels()]
@@ -205,10 +208,8 @@ class Engine:
         method = aggregation or self.settings.aggregation
         if top < 1:
             raise BadInputError("--top must be at least 1.")
+        wanted = self._check_queries(queries)
         index = self.open_index(movie)
-        wanted = [q if isinstance(q, QueryImage) else QueryImage(q) for q in queries]
-        if not wanted:
-            raise BadInputError("Give at least one query image.")
         use = _pick_channels(index.info.channels, channels)
         if len(use) > 1 and method != "max":
             raise BadInputError(
@@ -231,6 +232,17 @@ class Engine:
             whole_image_queries=whole, aggregation=method, elapsed_s=time.perf_counter() - started,
             speed=speed,
         )
+
+    def _check_queries(self, queries: Iterable[QueryImage | ImageLike]) -> list[QueryImage]:
+        """The queries, refused before any work when there are none, or when a file among them is
+        missing or not a regular file (a named pipe would block, a device never end)."""
+        wanted = [q if isinstance(q, QueryImage) else QueryImage(q) for q in queries]
+        if not wanted:
+            raise BadInputError("Give at least one query image.")
+        for q in wanted:
+            if isinstance(q.image, (str, Path)):
+                check_file(q.image, "an image file")
+        return wanted
 
     def _query_crops(self, queries: list[QueryImage], progress: ProgressCallback) -> tuple[list[Image.Image], int]:
         """Each query image decoded once, cut into the crops of the people chosen in it; an image
