@@ -249,16 +249,18 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     if args.top < 1:
         return fail("--top must be at least 1", EXIT_USAGE)
     select = _parse_people(args.people)
-    for image in args.images:
-        if not image.is_file():
-            return fail(f"{image}: no such file")
+    bars = _Bars(not args.quiet)
     with engine_output_to_stderr():
         engine = Engine(settings, load_models=False)
-        # Before any model loads: fail fast on a typo. The index's own channels load on demand.
+        # Before any model loads: fail fast on a typo. The index's own channels load on demand;
+        # the engine checks the images (how many, regular files) before any work.
         info = engine.resolve_movie(args.movie)
-        response = engine.search(info, [QueryImage(p, select=select, name=str(p)) for p in args.images],
-                                 top=args.top, aggregation=args.aggregation,
-                                 channels=channel_list(args.search_channels) or None)
+        try:
+            response = engine.search(info, [QueryImage(p, select=select, name=str(p)) for p in args.images],
+                                     top=args.top, aggregation=args.aggregation,
+                                     channels=channel_list(args.search_channels) or None, progress=bars)
+        finally:
+            bars.close()
     if args.json:
         print(json.dumps(response.to_json(), ensure_ascii=False))
         return 0

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, Sized
 
 import numpy as np
 from PIL import Image
@@ -234,11 +234,23 @@ class Engine:
         )
 
     def _check_queries(self, queries: Iterable[QueryImage | ImageLike]) -> list[QueryImage]:
-        """The queries, refused before any work when there are none, or when a file among them is
-        missing or not a regular file (a named pipe would block, a device never end)."""
-        wanted = [q if isinstance(q, QueryImage) else QueryImage(q) for q in queries]
+        """The queries, refused before any work when there are none, more than
+        CASTFINDER_MAX_QUERY_IMAGES (each one is decoded and searched for people), or when a file
+        among them is missing or not a regular file (a named pipe would block, a device never end)."""
+        limit = self.settings.max_query_images
+        wanted: list[QueryImage] = []
+        for q in queries:  # counted as they come: a caller's endless iterable stops at the limit
+            wanted.append(q if isinstance(q, QueryImage) else QueryImage(q))
+            if len(wanted) > limit:
+                break
         if not wanted:
             raise BadInputError("Give at least one query image.")
+        if len(wanted) > limit:
+            count = str(len(queries)) if isinstance(queries, Sized) else f"more than {limit}"
+            raise BadInputError(
+                f"{count} query images; a search takes at most {limit} (CASTFINDER_MAX_QUERY_IMAGES). "
+                "Pick the clearest few."
+            )
         for q in wanted:
             if isinstance(q.image, (str, Path)):
                 check_file(q.image, "an image file")
