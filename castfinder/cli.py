@@ -288,8 +288,14 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_people(args: argparse.Namespace, settings: Settings) -> int:
+    from castfinder.output import OutputError, check_target, write_file
     from core import Engine
 
+    try:
+        if args.save:
+            check_target(args.save, "--save")  # before the detector loads: a typo fails at once
+    except OutputError as exc:
+        return fail(str(exc))
     with engine_output_to_stderr():
         engine = Engine(settings, load_models=False)
         people = engine.find_people(args.image)
@@ -300,7 +306,10 @@ def cmd_people(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{p.index}: box ({x1}, {y1})–({x2}, {y2}), confidence {p.score:.2f}, "
               f"{p.area_fraction:.0%} of the image")
     if args.save:
-        args.save.write_bytes(engine.annotate_people(args.image, people))
+        try:
+            write_file(args.save, engine.annotate_people(args.image, people), "--save")
+        except OutputError as exc:
+            return fail(str(exc))
         print(f"Saved {args.save}")
     return 0
 
