@@ -198,7 +198,8 @@ def test_the_engine_caps_query_images(make_settings, query: Path) -> None:
     from core import Engine
 
     engine = Engine(make_settings(max_query_images=3), load_models=False)
-    with pytest.raises(BadInputError, match=r"^4 query images; a search takes at most 3 \(CASTFINDER_MAX_QUERY_IMAGES\)"):
+    capped = r"^4 query images; a search takes at most 3 \(CASTFINDER_MAX_QUERY_IMAGES\)"
+    with pytest.raises(BadInputError, match=capped):
         engine.search("anything", [query] * 4)  # refused before the movie is even looked up
 
     def endless() -> Iterator[Path]:
