@@ -257,16 +257,18 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     if args.top < 1:
         return fail("--top must be at least 1", EXIT_USAGE)
     select = _parse_people(args.people)
-    for image in args.images:
-        if not image.is_file():
-            return fail(f"{image}: no such file")
+    bars = _Bars(not args.quiet)
     with engine_output_to_stderr():
         engine = Engine(settings, load_models=False)
-        # Before any model loads: fail fast on a typo. The index's own channels load on demand.
+        # Before any model loads: fail fast on a typo. The index's own channels load on demand;
+        # the engine checks the images (how many, regular files) before any work.
         info = engine.resolve_movie(args.movie)
-        response = engine.search(info, [QueryImage(p, select=select, name=str(p)) for p in args.images],
-                                 top=args.top, aggregation=args.aggregation,
-                                 channels=channel_list(args.search_channels) or None)
+        try:
+            response = engine.search(info, [QueryImage(p, select=select, name=str(p)) for p in args.images],
+                                     top=args.top, aggregation=args.aggregation,
+                                     channels=channel_list(args.search_channels) or None, progress=bars)
+        finally:
+            bars.close()
     if args.json:
         print_json(response.to_json())
         return 0
@@ -295,8 +297,14 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_people(args: argparse.Namespace, settings: Settings) -> int:
+    from castfinder.output import OutputError, check_target, write_file
     from core import Engine
 
+    try:
+        if args.save:
+            check_target(args.save, "--save")  # before the detector loads: a typo fails at once
+    except OutputError as exc:
+        return fail(str(exc))
     with engine_output_to_stderr():
         engine = Engine(settings, load_models=False)
         people = engine.find_people(args.image)
@@ -307,7 +315,10 @@ def cmd_people(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{p.index}: box ({x1}, {y1})–({x2}, {y2}), confidence {p.score:.2f}, "
               f"{p.area_fraction:.0%} of the image")
     if args.save:
-        args.save.write_bytes(engine.annotate_people(args.image, people))
+        try:
+            write_file(args.save, engine.annotate_people(args.image, people), "--save")
+        except OutputError as exc:
+            return fail(str(exc))
         print(f"Saved {args.save}")
     return 0
 

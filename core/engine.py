@@ -13,13 +13,15 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, Sized
 
 import numpy as np
 from PIL import Image
 
 from .errors import AmbiguousMovieError, BadInputError, DamagedIndexError, MovieNotFoundError
 from .indexing.indexer import Indexer
+from .indexing.sources import check_source
+from .inputs import check_file
 from .models.cache import ModelCache
 from .models.channels import Channel
 from .models.detector import PersonDetector
@@ -182,6 +184,7 @@ class Engine:
     # -- offline --------------------------------------------------------------------------
     def index(self, source: Path | str, movie: str, progress: ProgressCallback = no_progress) -> IndexReport:
         """Build (or rebuild) the index of `movie` from a video file or a frames folder."""
+        check_source(Path(source).expanduser())  # a pipe, a device or a typo: refused before the models load
         def load() -> tuple[PersonDetector, list[Channel]]:
             return self.detector, [self.channel_for(name, self.settings.model_for(name))
                                    for name in self.settings.index_channels()]
@@ -236,10 +239,8 @@ class Engine:
         method = aggregation or self.settings.aggregation
         if top < 1:
             raise BadInputError("--top must be at least 1.")
+        wanted = self._check_queries(queries)
         index = self.open_index(movie)
-        wanted = [q if isinstance(q, QueryImage) else QueryImage(q) for q in queries]
-        if not wanted:
-            raise BadInputError("Give at least one query image.")
         use = _pick_channels(index.info.channels, channels)
         if len(use) > 1 and method != "max":
             raise BadInputError(
@@ -262,6 +263,29 @@ class Engine:
             whole_image_queries=whole, aggregation=method, elapsed_s=time.perf_counter() - started,
             speed=speed,
         )
+
+    def _check_queries(self, queries: Iterable[QueryImage | ImageLike]) -> list[QueryImage]:
+        """The queries, refused before any work when there are none, more than
+        CASTFINDER_MAX_QUERY_IMAGES (each one is decoded and searched for people), or when a file
+        among them is missing or not a regular file (a named pipe would block, a device never end)."""
+        limit = self.settings.max_query_images
+        wanted: list[QueryImage] = []
+        for q in queries:  # counted as they come: a caller's endless iterable stops at the limit
+            wanted.append(q if isinstance(q, QueryImage) else QueryImage(q))
+            if len(wanted) > limit:
+                break
+        if not wanted:
+            raise BadInputError("Give at least one query image.")
+        if len(wanted) > limit:
+            count = str(len(queries)) if isinstance(queries, Sized) else f"more than {limit}"
+            raise BadInputError(
+                f"{count} query images; a search takes at most {limit} (CASTFINDER_MAX_QUERY_IMAGES). "
+                "Pick the clearest few."
+            )
+        for q in wanted:
+            if isinstance(q.image, (str, Path)):
+                check_file(q.image, "an image file")
+        return wanted
 
     def _query_crops(self, queries: list[QueryImage], progress: ProgressCallback) -> tuple[list[Image.Image], int]:
         """Each query image decoded once, cut into the crops of the people chosen in it; an image

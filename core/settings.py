@@ -143,10 +143,14 @@ class Settings(BaseSettings):
     # Results whose calibrated confidence is under this are low confidence (the bot marks them).
     low_score: float = Field(0.5, ge=0.0, le=1.0)
     index_cache_size: int = Field(4, ge=1)
-    # Larger query images are refused before decoding (decompression bombs) ...
+    # Larger query images are refused before decoding (decompression bombs), and larger frames of a
+    # frames folder skipped with a warning ...
     max_image_pixels: int = Field(80_000_000, ge=1)
     # ... and images over this long side are downscaled before detection.
     max_query_side: int = Field(2048, ge=64)
+    # Query images one search takes at most: each is decoded and searched for people, so the work
+    # grows with their number. A Telegram album holds at most 10.
+    max_query_images: int = Field(20, ge=1, le=1000)
 
     @field_validator("channels", mode="before")
     @classmethod

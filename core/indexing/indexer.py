@@ -154,6 +154,7 @@ class Indexer:
             source = open_source(
                 source_path, frames_fps=s.frames_fps, scene_threshold=s.scene_threshold,
                 min_shot_frames=s.min_shot_frames, shot_detector=s.shot_detector, min_shot_s=s.min_shot_s,
+                max_pixels=s.max_image_pixels,
             )
         build = self._build_settings()
         writer = IndexWriter(s.index_dir, slug, key=run_key(Path(source_path), build))

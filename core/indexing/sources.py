@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import re
+import stat
 import threading
 import time
 from collections import deque
@@ -21,9 +23,9 @@ from typing import Callable, Generator, Iterator, TypeVar
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import BadInputError
+from ..inputs import describe, open_image, path_error, short, stat_input
 from ..types import Progress, ProgressCallback, Shot
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,15 @@ DEFAULT_MIN_SHOT_S = 0.2
 # (its cuts must also stand out from their neighbours), ContentDetector's own default, and
 # AdaptiveDetector's min_content_val.
 DEFAULT_THRESHOLDS = {"editor": 15.0, "content": 27.0, "adaptive": 15.0}
+# A frames folder's frames over this many pixels are skipped (Settings.max_image_pixels' default).
+DEFAULT_MAX_PIXELS = 80_000_000
+# A frames folder named like a video file is most likely a mistake; the message says so.
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv")
+# Unreadable frames of a frames folder get a warning each up to this many, then one for the rest.
+_FRAME_WARNINGS = 5
+# Scene, shot and frame numbers in frame names have at most this many digits: more does not fit
+# the index's 64-bit integers (and no film has a billion shots).
+MAX_NUMBER_DIGITS = 9
 
 
 def scene_threshold(detector: str, threshold: float | None) -> float:
@@ -106,6 +117,16 @@ class MovieSource:
         return self.duration_s
 
 
+def check_source(path: Path) -> int:
+    """The `st_mode` of a film's path when it is a folder or a regular file (through links), else
+    BadInputError; checked without opening it: a named pipe would block the open forever, and a
+    device (/dev/zero, /dev/urandom) never ends."""
+    mode = stat_input(path).st_mode
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise BadInputError(f"{short(path)}: {describe(mode)}, not a video file or a frames folder.")
+    return mode
+
+
 def open_source(
     path: Path,
     *,
@@ -114,12 +135,13 @@ def open_source(
     min_shot_frames: int = 0,
     shot_detector: str = DEFAULT_SHOT_DETECTOR,
     min_shot_s: float = DEFAULT_MIN_SHOT_S,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> MovieSource:
+    """The source at `path`: a frames folder, or a video file. `max_pixels` bounds a frames
+    folder's frames (CASTFINDER_MAX_IMAGE_PIXELS, the bound of query images too)."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise BadInputError(f"{path}: no such file or folder.")
-    if path.is_dir():
-        return FramesFolderSource(path, fps=frames_fps)
+    if stat.S_ISDIR(check_source(path)):
+        return FramesFolderSource(path, fps=frames_fps, max_pixels=max_pixels)
     return VideoSource(path, threshold=scene_threshold, min_shot_frames=min_shot_frames,
                        detector=shot_detector, min_shot_s=min_shot_s)
 
@@ -650,22 +672,49 @@ class _FrameFile:
 class FramesFolderSource(MovieSource):
     kind = "frames"
 
-    def __init__(self, path: Path, *, fps: float) -> None:
+    def __init__(self, path: Path, *, fps: float, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         super().__init__(path)
         self.fps = fps
+        self.max_pixels = max_pixels
+        self.limit_hint = f"frames are read up to {max_pixels / 1e6:g} megapixels (CASTFINDER_MAX_IMAGE_PIXELS)"
         files: list[_FrameFile] = []
         movies: set[str] = set()
         ignored = 0
-        for entry in path.iterdir():
+        not_regular: list[str] = []  # named like frames, but pipes, devices, sockets or folders
+        too_big: list[str] = []  # named like frames, with numbers the index cannot hold
+        try:
+            with os.scandir(path) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            raise path_error(path, exc) from None
+        for entry in entries:
             match = FRAME_NAME.match(entry.name)
-            if not match or not entry.is_file():
-                ignored += entry.is_file()
-                continue
-            movies.add(match["movie"])
-            files.append(_FrameFile(entry, int(match["scene"]), int(match["shot"]), int(match["frame"])))
+            try:
+                regular = entry.is_file()  # through links; False for pipes, devices, sockets, folders
+            except OSError:
+                regular = False
+            if not match:
+                ignored += regular
+            elif not regular:
+                not_regular.append(entry.name)
+            elif any(len(match[k].lstrip("0")) > MAX_NUMBER_DIGITS for k in ("scene", "shot", "frame")):
+                too_big.append(entry.name)
+            else:
+                movies.add(match["movie"])
+                files.append(_FrameFile(Path(entry.path), int(match["scene"]), int(match["shot"]),
+                                        int(match["frame"])))
+        skipped = []
+        if not_regular:
+            skipped.append(f"{len(not_regular)} file(s) named like frames are not regular files (named pipes, "
+                           f"devices, sockets or folders), e.g. {min(not_regular)!r}")
+        if too_big:
+            skipped.append(f"{len(too_big)} frame file(s) have a scene, shot or frame number of more than "
+                           f"{MAX_NUMBER_DIGITS} digits, e.g. {min(too_big)!r}")
         if not files:
+            folder = "a folder, not a video file, and " if path.suffix.lower() in VIDEO_SUFFIXES else ""
+            why = f" ({'; '.join(skipped)})" if skipped else ""
             raise BadInputError(
-                f"{path}: no frames found. A frames folder holds files named "
+                f"{short(path)}: {folder}no frames found{why}. A frames folder holds files named "
                 "<movie>-<scene>-shot_<k>-frame_<j>.jpg."
             )
         if len(movies) > 1:
@@ -673,6 +722,7 @@ class FramesFolderSource(MovieSource):
                 f"{path}: frames of several movies are mixed ({', '.join(sorted(movies))}); "
                 "put each movie's frames in its own folder."
             )
+        self._warnings.extend(f"{reason}: skipped" for reason in skipped)
         if ignored:
             self._warnings.append(f"{ignored} file(s) not named like frames were ignored")
         self.movie_prefix = movies.pop()
@@ -707,6 +757,8 @@ class FramesFolderSource(MovieSource):
         of its film already (a TRECVID dump keeps a few frames a shot), chosen by whoever made it."""
         total = len(self.files)
         fps = max(fps, self.fps)
+        read = unreadable = 0
+        first = ""  # the first unreadable frame's problem
         for shot in shots:
             targets = shot_targets(shot, fps)
             picked = 0
@@ -719,11 +771,24 @@ class FramesFolderSource(MovieSource):
                     targets.pop(0)
                 f = self.files[index]
                 try:
-                    with Image.open(f.path) as img:
-                        rgb = np.asarray(img.convert("RGB"))
-                except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-                    self._warnings.append(f"{f.path.name}: unreadable ({exc}); skipped")
+                    # The query images' decoder: regular files only, the same pixel bound, the
+                    # same 8-bit RGB whatever the bit depth.
+                    rgb = np.asarray(open_image(f.path, label=f.path.name, max_pixels=self.max_pixels,
+                                                limit_hint=self.limit_hint))
+                except BadInputError as exc:
+                    unreadable += 1
+                    first = first or str(exc).rstrip(".")
+                    if unreadable <= _FRAME_WARNINGS:
+                        self._warnings.append(f"{str(exc).rstrip('.')}; skipped")
                     continue
                 picked += 1
+                read += 1
                 progress(Progress("sampling", index + 1, total, "frame"))
                 yield SampledFrame(shot.id, index, time_s, rgb)
+        if unreadable > _FRAME_WARNINGS:
+            self._warnings.append(f"{unreadable - _FRAME_WARNINGS} more unreadable frame(s) skipped")
+        if not read and shots and shots[0].start_frame == 0:  # the whole folder, and not one frame
+            raise BadInputError(
+                f"{short(self.path)}: not one of its frames could be read as an image ({unreadable} tried; "
+                f"the first: {first}); nothing was indexed."
+            )
