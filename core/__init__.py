@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "Engine": ".engine",
     "AmbiguousMovieError": ".errors", "BadInputError": ".errors", "CastfinderError": ".errors",
-    "IndexCorruptError": ".errors", "ModelNotFoundError": ".errors", "MovieNotFoundError": ".errors",
+    "IndexCorruptError": ".errors", "ModelMismatchError": ".errors", "ModelNotFoundError": ".errors",
+    "MovieNotFoundError": ".errors", "SettingsError": ".errors",
     "QueryImage": ".search.images",
     "format_ts": ".naming", "slugify": ".naming",
     "Settings": ".settings",
@@ -27,9 +28,9 @@ _EXPORTS = {
 
 __all__ = [
     "AmbiguousMovieError", "BadInputError", "CastfinderError", "Engine", "IndexCorruptError",
-    "IndexReport", "ModelNotFoundError", "MovieInfo", "MovieNotFoundError", "Person", "Progress",
-    "QueryImage", "RankedShot", "SearchResponse", "Settings", "Shot", "ShotResult", "format_ts",
-    "slugify",
+    "IndexReport", "ModelMismatchError", "ModelNotFoundError", "MovieInfo", "MovieNotFoundError", "Person",
+    "Progress", "QueryImage", "RankedShot", "SearchResponse", "Settings", "SettingsError", "Shot", "ShotResult",
+    "format_ts", "slugify",
 ]
 
 
@@ -53,8 +54,10 @@ if TYPE_CHECKING:
         BadInputError,
         CastfinderError,
         IndexCorruptError,
+        ModelMismatchError,
         ModelNotFoundError,
         MovieNotFoundError,
+        SettingsError,
     )
     from .naming import format_ts, slugify
     from .search.images import QueryImage
