@@ -18,7 +18,7 @@ from types import UnionType
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import SettingsError
@@ -37,6 +37,8 @@ CPUS = os.cpu_count() or 1
 # The kernel's pseudo file systems: nothing can be stored there. (/dev/null and its like are not
 # folders, which is refused anyway; /dev/shm is a real, if volatile, place for files.)
 _SYSTEM_DIRS = (Path("/proc"), Path("/sys"))
+# The most detector input pixels in one batch (det_batch x det_imgsz^2): 8 frames at 1920 px.
+DET_PIXELS_PER_BATCH = 8 * 1920**2
 # Settings checked against the disk: a wrong one is a problem of the machine (exit 1), whatever set it.
 _ON_DISK = frozenset({"index_dir"})
 
@@ -84,6 +86,9 @@ class Settings(BaseSettings):
     # auto: OpenVINO on the CPU (a .pt detector is exported once, cached beside its weights),
     # PyTorch on CUDA; openvino or torch to force one.
     det_runtime: DetRuntime = "auto"
+    # Frames per PyTorch detector call (CUDA, or CASTFINDER_DET_RUNTIME=torch; OpenVINO runs one at
+    # a time). Memory grows with batch x size^2: 8 frames at 1920 px took 2.4 GB on the CPU (64 at
+    # 384 px, 2.1 GB), so a batch is at most 8 x (1920 / det_imgsz)^2 frames, and 64.
     det_batch: int = Field(8, ge=1, le=64)
     # Boxes smaller than this many pixels on their short side are too small to identify anyone.
     min_person_px: int = Field(16, ge=1, le=1024)
@@ -91,7 +96,8 @@ class Settings(BaseSettings):
     embedder: EmbedderName = "dinov2"
     dinov2_model: str = "facebook/dinov2-small"
     clip_model: str = "openai/clip-vit-base-patch16"
-    embed_batch: int = Field(32, ge=1, le=256)
+    # Crops per embedding call: reid_0277 took 0.5 GB at 32 and 1.5 GB at 128 (2.9 GB at 256).
+    embed_batch: int = Field(32, ge=1, le=128)
     # Embedding channels an index holds, comma-separated, from dinov2, clip, osnet, reid, face.
     # The default is the best measured configuration (docs/EVALUATION.md). Empty: the embedder
     # above alone. The first body channel drives de-duplication and tracks.
@@ -178,6 +184,16 @@ class Settings(BaseSettings):
         problem = index_dir_problem(value)
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator("det_batch")
+    @classmethod
+    def _batch_fits_in_memory(cls, value: int, info: ValidationInfo) -> int:
+        imgsz = info.data.get("det_imgsz")
+        if imgsz and value * imgsz**2 > DET_PIXELS_PER_BATCH:
+            limit = max(1, DET_PIXELS_PER_BATCH // imgsz**2)
+            raise ValueError(f"a batch of {value} frames at {imgsz} px (CASTFINDER_DET_IMGSZ) needs several GB "
+                             f"of memory (8 frames at 1920 px took 2.4 GB); at {imgsz} px use at most {limit}")
         return value
 
     @field_validator("channels", mode="before")

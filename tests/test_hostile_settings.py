@@ -355,3 +355,18 @@ def test_ranges_hold_for_values_the_tests_and_docs_use() -> None:
     Settings(_env_file=None, det_imgsz=160, det_conf=1e-4, checkpoint_s=0.5, sample_fps=4.0, short_shot_s=0.5,
              frames_fps=5, still_diff=0, min_shot_frames=15, scene_threshold=27, index_dir=Path("indexes"))
     assert math.isfinite(Settings(_env_file=None).checkpoint_s)
+
+
+def test_a_detector_batch_too_big_for_its_input_size_is_refused(monkeypatch, tmp_path: Path) -> None:
+    """Each bound alone holds, but 64 frames at 1920 px would take some 15 GB (8 took 2.4 GB)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CASTFINDER_DET_IMGSZ", "1920")
+    monkeypatch.setenv("CASTFINDER_DET_BATCH", "64")
+    with pytest.raises(SettingsError, match=r"CASTFINDER_DET_BATCH=64 \(in the environment\): a batch of 64 frames "
+                                            r"at 1920 px .* at 1920 px use at most 8"):
+        load_settings(Settings)
+    monkeypatch.setenv("CASTFINDER_DET_BATCH", "8")
+    assert load_settings(Settings).det_batch == 8
+    monkeypatch.setenv("CASTFINDER_DET_IMGSZ", "384")
+    monkeypatch.setenv("CASTFINDER_DET_BATCH", "64")
+    assert load_settings(Settings).det_batch == 64
