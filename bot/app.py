@@ -23,7 +23,6 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.exceptions import TelegramAPIError
 from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, BotCommandScopeAllPrivateChats
-from pydantic import ValidationError
 
 from . import texts
 from .handlers import create_routers
@@ -194,9 +193,12 @@ def run(argv: Sequence[str] | None = None) -> int:
                                      description="Run the castfinder Telegram bot (long polling).")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING … (default: CASTFINDER_LOG_LEVEL or INFO)")
     args = parser.parse_args(argv)
+    from core.errors import SettingsError
+    from core.settings import load_settings
+
     try:
-        settings = BotSettings()
-    except ValidationError as exc:
+        settings = load_settings(BotSettings)  # out-of-range values and an unreadable .env, each named
+    except SettingsError as exc:
         print(texts.invalid_settings(exc), file=sys.stderr)
         return 2
     secrets = [settings.token()] if settings.bot_token else []

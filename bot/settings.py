@@ -27,6 +27,7 @@ class BotSettings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         populate_by_name=True,
+        allow_inf_nan=False,  # every number has a finite range (core.settings.load_settings)
     )
 
     # The token from @BotFather. Optional here so that `run()` can explain how to set it
@@ -42,25 +43,25 @@ class BotSettings(BaseSettings):
     # Engine threads shared by all chats = queries searched at the same time.
     query_workers: int = Field(default=2, ge=1, le=64)
     # Queries allowed to wait for a worker; beyond that users are told to come back later.
-    queue_size: int = Field(default=20, ge=0)
+    queue_size: int = Field(default=20, ge=0, le=1000)
     # Queries per minute per user; 0 turns the limit off.
-    user_rate: int = Field(default=6, ge=0)
+    user_rate: int = Field(default=6, ge=0, le=600)
     # Messages and button taps per minute per user that the bot answers (0 = no limit): beyond
     # that a flood is answered once, then ignored until the minute has passed.
     user_message_rate: int = Field(default=30, ge=0, le=600)
     # Queries one user may have running or queued at once.
-    user_max_active: int = Field(default=1, ge=1)
+    user_max_active: int = Field(default=1, ge=1, le=100)
     # How long to wait for the rest of an album after its last part arrived.
     album_wait_s: float = Field(default=1.0, gt=0, le=30)
     default_topk: int = Field(default=5, ge=1, le=MAX_TOPK)
     # Results kept per query for the "More" button.
     max_results: int = Field(default=50, ge=1, le=MAX_RESULTS_CAP)
-    results_ttl_days: float = Field(default=7.0, gt=0)
+    results_ttl_days: float = Field(default=7.0, gt=0, le=365)
     # Minimum seconds between two edits of the status message (Telegram's flood limits).
-    status_interval_s: float = Field(default=2.0, ge=0)
-    max_download_mb: int = Field(default=20, ge=1)
+    status_interval_s: float = Field(default=2.0, ge=0, le=60)
+    max_download_mb: int = Field(default=20, ge=1, le=2000)
     # On shutdown, how long running queries may take to finish before they are cancelled.
-    shutdown_grace_s: float = Field(default=20.0, ge=0)
+    shutdown_grace_s: float = Field(default=20.0, ge=0, le=600)
     log_level: str = "INFO"
 
     @field_validator("bot_token", mode="before")

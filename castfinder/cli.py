@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from castfinder import eval_cmd  # noqa: E402  (cheap at import time, as is common)
 from castfinder.common import (  # noqa: E402
+    EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     aggregation_flag,
@@ -108,20 +109,32 @@ def build_parser() -> argparse.ArgumentParser:
 _OVERRIDES = ("index_dir", "detector", "person_classes", "embedder", "dinov2_model", "clip_model", "device",
               "torch_threads", "det_runtime", "sample_fps", "frames_fps", "faiss_index", "dedup", "dedup_threshold",
               "aggregation", "osnet_model", "reid_model", "face_detector", "face_model", "tracks", "expand",
-              "channels")
+              "channels", "search_k")
 
 
-def make_settings(args: argparse.Namespace) -> Settings:
-    from pydantic import ValidationError
+def flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """Each setting a flag of `command` overrides → the flag's name as typed (`sample_fps` →
+    `--fps`), so that a bad value is reported in the user's own words."""
+    names: dict[str, str] = {}
+    for action in parser._actions:  # argparse keeps its sub-commands here, and nowhere public
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            for option in action.choices[command]._actions:
+                if option.dest in _OVERRIDES and option.option_strings:
+                    names[option.dest] = max(option.option_strings, key=len)
+    return names
 
-    from core import Settings
+
+def make_settings(args: argparse.Namespace, flags: dict[str, str] | None = None) -> Settings:
+    """The settings, the flags given over the environment and `.env`. Out-of-range values exit
+    with one line naming each: 2 when a flag was wrong (a usage error), 1 for the environment."""
+    from core import Settings, SettingsError
+    from core.settings import load_settings
 
     overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k, None) is not None}
     try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        raise SystemExit(fail(f"invalid settings: {problems}", EXIT_USAGE)) from None
+        return load_settings(Settings, flags=flags or {}, **overrides)
+    except SettingsError as exc:
+        raise SystemExit(fail(str(exc), EXIT_USAGE if exc.from_flags else EXIT_ERROR)) from None
 
 
 class _Bars:
@@ -387,13 +400,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot.app import run as run_bot
 
         return run_bot(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     from core import CastfinderError
 
     try:
-        settings = make_settings(args)
+        settings = make_settings(args, flag_names(parser, args.command))
         return COMMANDS[args.command](args, settings)
     except CastfinderError as exc:
         return fail(str(exc))

@@ -83,10 +83,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     started = time.perf_counter()
     if args.top < 1:
         return fail("--top must be at least 1", EXIT_USAGE)
-    if args.search_k is not None:
-        if args.search_k < 1:
-            return fail("--search-k must be at least 1", EXIT_USAGE)
-        settings = settings.model_copy(update={"search_k": args.search_k})
+    # --search-k reached the settings with the other flags (castfinder.cli.make_settings), checked there.
 
     queries = collect_queries(args.queries)
     with engine_output_to_stderr():

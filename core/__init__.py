@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "Engine": ".engine",
     "AmbiguousMovieError": ".errors", "BadInputError": ".errors", "CastfinderError": ".errors",
-    "DamagedIndexError": ".errors", "IndexCorruptError": ".errors", "ModelNotFoundError": ".errors",
-    "MovieNotFoundError": ".errors",
+    "DamagedIndexError": ".errors", "IndexCorruptError": ".errors", "ModelMismatchError": ".errors",
+    "ModelNotFoundError": ".errors", "MovieNotFoundError": ".errors", "SettingsError": ".errors",
     "QueryImage": ".search.images",
     "format_ts": ".naming", "slugify": ".naming",
     "Settings": ".settings",
@@ -28,10 +28,9 @@ _EXPORTS = {
 
 __all__ = [
     "AmbiguousMovieError", "BadInputError", "CastfinderError", "DamagedIndexError", "DamagedMovie", "Engine",
-    "IndexCorruptError",
-    "IndexReport", "ModelNotFoundError", "MovieInfo", "MovieNotFoundError", "Person", "Progress",
-    "QueryImage", "RankedShot", "SearchResponse", "Settings", "Shot", "ShotResult", "format_ts",
-    "slugify",
+    "IndexCorruptError", "IndexReport", "ModelMismatchError", "ModelNotFoundError", "MovieInfo",
+    "MovieNotFoundError", "Person", "Progress", "QueryImage", "RankedShot", "SearchResponse", "Settings",
+    "SettingsError", "Shot", "ShotResult", "format_ts", "slugify",
 ]
 
 
@@ -56,8 +55,10 @@ if TYPE_CHECKING:
         CastfinderError,
         DamagedIndexError,
         IndexCorruptError,
+        ModelMismatchError,
         ModelNotFoundError,
         MovieNotFoundError,
+        SettingsError,
     )
     from .naming import format_ts, slugify
     from .search.images import QueryImage

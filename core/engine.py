@@ -31,7 +31,7 @@ from .search.annotate import draw_people
 from .search.fusion import Hits, fuse
 from .search.images import ImageLike, QueryImage, Selection, crop, load_image
 from .search.ranking import aggregate
-from .settings import Settings
+from .settings import Settings, load_settings
 from .store import IndexCatalog, IndexDamage, MovieIndex, damaged_movie, read_manifest, tidy_index_dir
 from .types import (
     DamagedMovie,
@@ -59,7 +59,8 @@ _MATCH_MIN = 0.5
 
 class Engine:
     def __init__(self, settings: Settings | None = None, *, load_models: bool = True) -> None:
-        self.settings = settings or Settings()
+        # Without settings: read from the environment and .env, a wrong value told as a SettingsError.
+        self.settings = settings or load_settings(Settings)
         self.device = self.settings.resolve_device()
         self._models = ModelCache()  # each model loads once, under its own lock
         self._cache: OrderedDict[str, MovieIndex] = OrderedDict()

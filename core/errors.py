@@ -54,3 +54,26 @@ class DamagedIndexError(IndexCorruptError):
     def __init__(self, movie: "DamagedMovie") -> None:
         self.movie = movie
         super().__init__(movie.message)
+
+
+class ModelMismatchError(ModelNotFoundError):
+    """A model file that loads but is not the kind of model its setting asks for (a face model
+    given as the re-id model, a re-id model as the detector …). A ModelNotFoundError too, so that
+    whoever handles a model that cannot be used handles this one."""
+
+    def __init__(self, what: str, name: str, setting: str, reason: str, expected: str) -> None:
+        self.setting = setting
+        CastfinderError.__init__(
+            self,
+            f"{setting} names {name!r}, which is not a {what}: {reason}. Set {setting} to {expected} "
+            f"(see .env.example and `castfinder models`).",
+        )
+
+
+class SettingsError(CastfinderError):
+    """A setting out of its range or of the wrong kind, from a flag, the environment or `.env`;
+    or a `.env` that cannot be read. The message names what the user typed and what is allowed."""
+
+    def __init__(self, message: str, *, from_flags: bool = False) -> None:
+        self.from_flags = from_flags  # a command-line flag was wrong (a usage error), not the environment
+        super().__init__(message)

@@ -257,7 +257,7 @@ def test_a_character_with_only_ignored_shots_is_left_out_of_map(synthetic, tmp_p
         ("character,start_frame,end_frame\nnavy,500,600\n", [], 1, "overlap none of the indexed shots"),
         ("character,shot\nnobody,1\n", [], 1, "No character has both query images and ground truth"),
         ("character,shot\nnavy,1\n", ["--top", "0"], 2, "--top must be at least 1"),
-        ("character,shot\nnavy,1\n", ["--search-k", "0"], 2, "--search-k must be at least 1"),
+        ("character,shot\nnavy,1\n", ["--search-k", "0"], 2, "--search-k 0: must be a whole number from 1 to"),
         ("character,shot\nnavy,1\n", ["--people", "1,2"], 2, "invalid choice"),
         ("character,shot\nnavy,1\n", ["--movie", "Titanic"], 1, "No indexed movie matches 'Titanic'"),
     ],

@@ -116,6 +116,7 @@ def _local_if_registered(value: str, setting: str, settings: Settings) -> str:
 
 def _onnx_face_encoder(detector: str, recogniser: str, spec: str, settings: Settings) -> OnnxFaceEncoder:
     from .face_models import EdgeFaceEmbedder, OnnxFaceEncoder, ScrfdDetector, YunetDetector
+    from .roles import ROLES, read_graph
 
     if detector in _DLIB_DETECTORS:
         raise ModelNotFoundError(
@@ -128,7 +129,13 @@ def _onnx_face_encoder(detector: str, recogniser: str, spec: str, settings: Sett
     det: ScrfdDetector | YunetDetector
     # Each part loads as soon as it is found: a broken detector file is reported before the
     # recogniser is looked for.
-    if "yunet" in det_path.name.lower():
+    # YuNet or SCRFD by what the file is (12 outputs or 9), else by its name; each checks its file.
+    graph = read_graph(det_path)
+    if graph is not None and (ROLES["yunet"].fits(graph) or ROLES["scrfd"].fits(graph)):
+        yunet = ROLES["yunet"].fits(graph)
+    else:
+        yunet = "yunet" in det_path.name.lower()
+    if yunet:
         det = YunetDetector(det_path).load()
     else:
         det = ScrfdDetector(det_path, threads=threads).load()

@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import ModelNotFoundError
 from ..geometry import nms
 from .base import InferenceModel
+from .roles import check_role, mismatch, read_graph
 
 log = logging.getLogger(__name__)
 
@@ -287,11 +288,24 @@ class PersonDetector(InferenceModel[Sequence[np.ndarray], list[list[Detection]]]
         if _looks_like_path(model) and not model.endswith(".yaml") and not Path(model).expanduser().is_file():
             if not (Path(model).expanduser().is_dir() and _exported(Path(model).expanduser())):
                 raise ModelNotFoundError("person detector", model, "CASTFINDER_DETECTOR", "no such file")
+        if _looks_like_path(model) and Path(model).expanduser().is_file():
+            _check_detector_file(Path(model).expanduser(), model)
         try:
             path = str(Path(model).expanduser()) if _looks_like_path(model) else model
-            return YOLO(path, task="detect")
-        except Exception as exc:  # ultralytics raises many types (download, unpickling, yaml)
-            raise ModelNotFoundError("person detector", model, "CASTFINDER_DETECTOR", str(exc)) from exc
+            yolo = YOLO(path, task="detect")
+            _ = yolo.names  # an ONNX or other export loads here, not in the constructor
+        except Exception as exc:  # ultralytics raises many types (download, unpickling, yaml, format)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            if _looks_like_path(model) and Path(model).expanduser().is_file():  # there, but not a detector
+                raise mismatch("detector", name=model, setting="CASTFINDER_DETECTOR",
+                               reason=f"ultralytics cannot load it ({first})") from exc
+            raise ModelNotFoundError("person detector", model, "CASTFINDER_DETECTOR", first) from exc
+        # Detection, segmentation and pose models all give boxes; a classifier or a rotated-box
+        # model does not.
+        if getattr(yolo, "task", "detect") not in _BOX_TASKS:
+            raise mismatch("detector", name=model, setting="CASTFINDER_DETECTOR",
+                           reason=f"it is an ultralytics {yolo.task} model, which gives no person boxes")
+        return yolo
 
     def _use_export(self, folder: Path, *, required: bool) -> None:
         try:
@@ -369,6 +383,29 @@ class PersonDetector(InferenceModel[Sequence[np.ndarray], list[list[Detection]]]
                 if min(box[2] - box[0], box[3] - box[1]) >= self.min_px]
         dets.sort(key=lambda d: d.score, reverse=True)
         return dets
+
+
+# ultralytics tasks whose results hold boxes (`results.boxes`).
+_BOX_TASKS = ("detect", "segment", "pose")
+# Files ultralytics loads as a detector: checkpoints, configs and the exports it runs.
+_DETECTOR_SUFFIXES = (".pt", ".yaml", ".yml", ".onnx", ".torchscript", ".engine")
+
+
+def _check_detector_file(path: Path, model: str) -> None:
+    """Refuse a file that cannot be a person detector before ultralytics reads it (its errors
+    for a wrong file are a page long, or come only at the first frame): an ONNX or OpenVINO
+    graph must have a detector's shape; any other file must be of a kind ultralytics loads."""
+    graph = read_graph(path) if path.suffix.lower() in (".onnx", ".xml") else None
+    if graph is not None:
+        check_role(graph, "detector", name=model, setting="CASTFINDER_DETECTOR")
+        if path.suffix.lower() == ".xml":
+            raise mismatch("detector", name=model, setting="CASTFINDER_DETECTOR",
+                           reason="ultralytics runs an OpenVINO export as its folder (…_openvino_model/, with "
+                                  "metadata.yaml), not as a bare .xml")
+        return
+    if path.suffix.lower() not in _DETECTOR_SUFFIXES or path.suffix.lower() == ".onnx":
+        raise mismatch("detector", name=model, setting="CASTFINDER_DETECTOR",
+                       reason="it is not a model file that ultralytics or ONNX Runtime can read")
 
 
 def _box(values: np.ndarray) -> Box:

@@ -20,6 +20,7 @@ from PIL import Image
 from ..errors import ModelNotFoundError
 from ..geometry import nms
 from .base import EmbeddingModel, InferenceModel, l2_normalise
+from .roles import Graph, RoleName, check_role, read_graph, unreadable
 
 Box = tuple[float, float, float, float]
 
@@ -73,7 +74,7 @@ class FaceBox:
         return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
 
 
-def _onnx_session(path: Path, what: str, setting: str, threads: int, model: bytes | None = None) -> Any:
+def _onnx_session(path: Path, role: RoleName, setting: str, threads: int, model: bytes | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -84,7 +85,7 @@ def _onnx_session(path: Path, what: str, setting: str, threads: int, model: byte
         return ort.InferenceSession(model if model is not None else str(path), options,
                                     providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own types for unreadable files
-        raise ModelNotFoundError(what, str(path), setting, str(exc).splitlines()[0]) from exc
+        raise unreadable(role, path=path, name=str(path), setting=setting, error=exc) from exc
 
 
 def _free_input_size(path: Path) -> bytes | None:
@@ -130,26 +131,26 @@ class ScrfdDetector(InferenceModel[np.ndarray, list[FaceBox]]):
 
     def _load(self) -> None:
         path, threads = self.path, self.threads
+        # SCRFD with landmarks: 9 outputs (scores, boxes, landmarks at 3 strides); anything else is
+        # refused, judged on the file as it is (the free-size graph below has no output shapes).
+        check_role(Graph.of_onnx(_onnx_session(path, "scrfd", "CASTFINDER_FACE_DETECTOR", threads)), "scrfd",
+                   name=str(path), setting="CASTFINDER_FACE_DETECTOR")
         # The free-size graph when it loads; else the file as it is (its fixed square).
         free = _free_input_size(path)
         session = None
         if free is not None:
             try:
-                session = _onnx_session(path, self.name, "CASTFINDER_FACE_DETECTOR", threads, free)
+                session = _onnx_session(path, "scrfd", "CASTFINDER_FACE_DETECTOR", threads, free)
             except ModelNotFoundError:
                 pass
         if session is None:
-            session = _onnx_session(path, self.name, "CASTFINDER_FACE_DETECTOR", threads)
+            session = _onnx_session(path, "scrfd", "CASTFINDER_FACE_DETECTOR", threads)
         self.session = session
         inp = session.get_inputs()[0]
         self._input = inp.name
         h, w = inp.shape[2:4]
         self.free_size = not (isinstance(w, int) and isinstance(h, int))
         self.size = (_SCRFD_SIDE, _SCRFD_SIDE) if self.free_size else (int(w), int(h))
-        outputs = session.get_outputs()
-        if len(outputs) != 9:
-            raise ModelNotFoundError(self.name, str(path), "CASTFINDER_FACE_DETECTOR",
-                                     f"expected an SCRFD model with landmarks (9 outputs), it has {len(outputs)}")
 
     def _anchor_centres(self, stride: int, size: tuple[int, int]) -> np.ndarray:
         key = (stride, size)
@@ -240,6 +241,12 @@ class YunetDetector(InferenceModel[np.ndarray, list[FaceBox]]):
         self._lock = threading.Lock()
 
     def _load(self) -> None:
+        # OpenCV reads any ONNX file here and fails only at the first face: check the graph first.
+        graph = read_graph(self.path)
+        if graph is None:
+            raise unreadable("yunet", path=self.path, name=str(self.path), setting="CASTFINDER_FACE_DETECTOR",
+                             error="not an ONNX file")
+        check_role(graph, "yunet", name=str(self.path), setting="CASTFINDER_FACE_DETECTOR")
         try:
             self._net = cv2.FaceDetectorYN.create(str(self.path), "", YUNET_FIRST_SIZE, self.score, YUNET_NMS_IOU,
                                                   YUNET_TOP_K)
@@ -291,7 +298,9 @@ class EdgeFaceEmbedder(EmbeddingModel[Sequence[np.ndarray], np.ndarray]):
         self._lock = threading.Lock()
 
     def _load(self) -> None:
-        session = _onnx_session(self.path, self.name, "CASTFINDER_FACE_MODEL", self.threads)
+        session = _onnx_session(self.path, "face_embedder", "CASTFINDER_FACE_MODEL", self.threads)
+        # N×3×112×112 aligned faces to one vector each: a detector or a re-id model is refused.
+        check_role(Graph.of_onnx(session), "face_embedder", name=str(self.path), setting="CASTFINDER_FACE_MODEL")
         self._input = session.get_inputs()[0].name
         dim = session.get_outputs()[0].shape[-1]
         if not isinstance(dim, int):

@@ -20,6 +20,7 @@ from ..errors import ModelNotFoundError
 from .base import l2_normalise
 from .embedders import Embedder
 from .registry import SettingsOrDir, resolve_model
+from .roles import Graph, check_role, unreadable
 
 # torchreid trains OSNet on ImageNet-normalised RGB in 0–1.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -45,17 +46,12 @@ class _OnnxReid:
         except ImportError as exc:
             raise ModelNotFoundError(what, model, setting, "onnxruntime is not installed") from exc
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise ModelNotFoundError(what, model, setting, str(exc).splitlines()[0]) from exc
+            raise unreadable("reid", path=path, name=model, setting=setting, error=exc) from exc
+        # A re-id model takes tall N×3×H×W crops and gives one N×D vector each; a detector or a
+        # face model given by mistake is refused here, not met at the first batch (or run as it is).
+        check_role(Graph.of_onnx(self._session), "reid", name=model, setting=setting)
         inp = self._session.get_inputs()[0]
         outputs = self._session.get_outputs()
-        # A re-id model takes N×3×H×W crops and gives one N×D vector each; a detector or another
-        # model given by mistake is refused here, not with onnxruntime's error at the first batch.
-        if len(inp.shape) != 4 or inp.shape[1] != 3 or len(outputs) != 1 or len(outputs[0].shape) != 2:
-            raise ModelNotFoundError(
-                "re-id model", model, setting,
-                f"not a re-id model: it takes {inp.shape} and gives {len(outputs)} output(s) "
-                f"{[o.shape for o in outputs][:3]}, not N×3×H×W crops to one N×D vector",
-            )
         dim = outputs[0].shape[-1]
         if not isinstance(dim, int):  # the size is declared, never learnt from a dummy forward pass
             raise ModelNotFoundError("re-id model", model, setting, "its output size is not fixed")
@@ -85,6 +81,10 @@ class _OpenVinoReid:
         core = ov.Core()
         try:
             net = core.read_model(str(path))
+        except Exception as exc:  # OpenVINO raises RuntimeError for unreadable files
+            raise ModelNotFoundError("re-id model", model, setting, str(exc).splitlines()[0]) from exc
+        check_role(Graph.of_openvino(net), "reid", name=model, setting=setting)
+        try:
             inp = net.inputs[0]
             _, _, self.h, self.w = (int(d) for d in inp.get_partial_shape().get_min_shape())
             # A dynamic batch: one compiled model serves batches of any size.
