@@ -40,3 +40,8 @@ class ModelNotFoundError(CastfinderError):
 
 class IndexCorruptError(CastfinderError):
     """An index folder exists but cannot be loaded."""
+
+
+class StorageError(CastfinderError):
+    """The disk failed a write while indexing (full, read-only, not permitted, a file-size limit,
+    an I/O error); the message names the cause, the fix and what became of the build."""

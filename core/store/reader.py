@@ -13,6 +13,7 @@ from ..errors import IndexCorruptError
 from ..search.calibration import Calibration
 from ..types import MovieInfo, Shot
 from .layout import MANIFEST, META
+from .locks import index_dir_lock
 from .manifest import ChannelSpec, Manifest, movie_info, read_manifest
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,11 @@ HNSW_EF_SEARCH_MIN = 64
 def list_indexes(index_dir: Path) -> list[MovieInfo]:
     if not index_dir.is_dir():
         return []
+    with index_dir_lock(index_dir, shared=True):  # no index missing for the moment of a swap
+        return _list_indexes(index_dir)
+
+
+def _list_indexes(index_dir: Path) -> list[MovieInfo]:
     found = []
     for entry in sorted(index_dir.iterdir()):
         if entry.name.startswith(".") or not entry.is_dir():
@@ -41,6 +47,12 @@ class MovieIndex:
     Safe to search from several threads at once."""
 
     def __init__(self, path: Path) -> None:
+        # Under the index folder's shared lock, so that a re-index cannot swap the folder while its
+        # files are read: what loads is all the old index or all the new one.
+        with index_dir_lock(path.parent, shared=True):
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
         manifest = read_manifest(path)
         if manifest is None:
             raise IndexCorruptError(f"{path} is not a complete index; rebuild it with `castfinder index`.")
