@@ -4,6 +4,7 @@ video, random YOLO, tiny DINOv2; the second actor is a real CLI process where it
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -195,6 +197,30 @@ def test_a_read_only_index_dir_with_crash_leftovers_lists_and_searches_but_refus
                "index into another folder with --index-dir (CASTFINDER_INDEX_DIR)." in err
         assert ("The index of 'Heat' is unchanged" if movie == "Heat" else "'Ronin' was not indexed") in err
         assert "Traceback" not in err
+    assert snapshot(index_dir) == before
+
+
+def test_an_index_dir_this_user_may_not_write_is_a_message(
+        cli_env: dict[str, str], index_dir: Path, videos: tuple[Path, Path], capsys,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a user without write access meets it (root, as here, is never refused: the refusal is injected)."""
+    video, _ = videos
+    assert main(["index", str(video), "--movie", "Heat", "--quiet"]) == 0
+    before = snapshot(index_dir)
+    mkdir = Path.mkdir
+
+    def denied(self: Path, *args: Any, **kwargs: Any) -> None:
+        if self.name.startswith(BUILDING_PREFIX):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    capsys.readouterr()
+    assert main(["index", str(video), "--movie", "Heat", "--fps", "2", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert (f"castfinder: error: Permission denied on {index_dir}: this user may not write there. Give it write "
+            "access, or index into another folder with --index-dir (CASTFINDER_INDEX_DIR). The index of 'Heat' is "
+            "unchanged, and nothing of this run was left behind.") in err
     assert snapshot(index_dir) == before
 
 

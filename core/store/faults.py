@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 
 from ..errors import StorageError
+from .layout import BUILDING_PREFIX
 
 _ELSEWHERE = "or index into another folder with --index-dir (CASTFINDER_INDEX_DIR)"
 
@@ -25,8 +26,9 @@ def storage_error(exc: OSError | sqlite3.Error, index_dir: Path, outcome: str) -
 def _cause(exc: OSError | sqlite3.Error, index_dir: Path) -> str:
     kind = _kind(exc, index_dir)
     filename = Path(os.fsdecode(exc.filename)) if isinstance(exc, OSError) and exc.filename else None
-    # The fault's place: the file named, else the index folder (SQLite names none: its files are there).
-    place = filename or index_dir
+    # The fault's place: the file named, else the index folder (SQLite names none: its files are
+    # there). A hidden build folder means nothing to the user: its index folder is named instead.
+    place = filename if filename is not None and not filename.name.startswith(BUILDING_PREFIX) else index_dir
     ours = _inside(place, index_dir)
     mount = _mount_point(place)
     fix = f", {_ELSEWHERE}" if ours else ""
