@@ -81,16 +81,23 @@ def _left_as_said(err: str, index_dir: Path) -> bool:
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new-movie", "re-index"])
 def test_a_full_disk_is_a_message_and_the_same_command_goes_on_once_there_is_space(
-        cli_env: dict[str, str], index_dir: Path, video: Path, tmpfs, capsys, existing: bool) -> None:
-    tmpfs(index_dir, "4m" if existing else "48k")
-    if existing:
+        index_dir: Path, video: Path, tmp_path: Path, tmpfs, capsys, monkeypatch: pytest.MonkeyPatch,
+        existing: bool) -> None:
+    if existing:  # the index folder is one folder of the full disk, beside other files
+        disk = tmpfs(tmp_path / "disk", "4m")
+        index_dir = disk / "indexes"
+        monkeypatch.setenv("CASTFINDER_INDEX_DIR", str(index_dir))
         assert _index(video, "Heat", capsys, "--fps", "2")[0] == 0
         before = snapshot(index_dir / "heat")
-        filler = fs_faults.fill(index_dir, leave=48 * 1024)
+        filler = fs_faults.fill(disk, leave=48 * 1024)
+        where = f"{disk} (which holds {index_dir}; "
+    else:  # the index folder is the disk, as small as a few files
+        disk = tmpfs(index_dir, "48k")
+        where = f"{disk} ("
     code, out, err = _index(video, "Heat", capsys)
     assert code == 1 and "Traceback" not in err
     err = _error_line(err)
-    assert f"castfinder: error: The disk is full: no space left on {index_dir} (which holds {index_dir}; " in err
+    assert f"castfinder: error: The disk is full: no space left on {where}" in err and " free now). " in err
     assert "Free some space there, or index into another folder with --index-dir (CASTFINDER_INDEX_DIR)." in err
     assert ("The index of 'Heat' is unchanged" if existing else "'Heat' was not indexed") in err
     assert _left_as_said(err, index_dir)
@@ -99,12 +106,12 @@ def test_a_full_disk_is_a_message_and_the_same_command_goes_on_once_there_is_spa
         filler.unlink()
     else:
         assert not (index_dir / "heat").exists()
-        fs_faults.remount(index_dir, "size=4m")
+        fs_faults.remount(disk, "size=4m")
     kept = bool(_builds(index_dir))
     code, out, err = _index(video, "Heat", capsys)
     assert code == 0, err
     assert ("resumed from a checkpoint" in out) == kept
-    assert not _builds(index_dir)
+    assert not _builds(index_dir) and sorted(p.name for p in index_dir.iterdir()) == ["heat"]
 
 
 def _noise_video(path: Path) -> Path:

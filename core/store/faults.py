@@ -33,7 +33,7 @@ def _cause(exc: OSError | sqlite3.Error, index_dir: Path) -> str:
     mount = _mount_point(place)
     fix = f", {_ELSEWHERE}" if ours else ""
     if kind == "full":
-        holds = f"which holds {index_dir}; " if ours else ""
+        holds = f"which holds {index_dir}; " if ours and mount != index_dir.absolute() else ""
         return (f"The disk is full: no space left on {mount} ({holds}{_free(place)} free now). "
                 f"Free some space there{fix}.")
     if kind == "too-big":
