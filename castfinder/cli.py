@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep near-duplicate crops inside a shot")
     p.add_argument("--dedup-threshold", type=float, help="cosine similarity above which a crop is a duplicate")
     p.add_argument("--channels", help=f"comma list from {', '.join(CHANNELS)} (CASTFINDER_CHANNELS)")
+    p.add_argument("--replace", action="store_true",
+                   help="replace the index of another movie whose name gives the same folder (slug), "
+                        'e.g. "Titanic" when indexing "Titanic!"; without it that is refused')
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("movies", parents=[flags], help="list indexed movies")
@@ -176,7 +179,7 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
     with engine_output_to_stderr():
         engine = Engine(settings, load_models=False)  # index() loads the channels it builds
         try:
-            report = engine.index(args.source, args.movie, progress=bars)
+            report = engine.index(args.source, args.movie, progress=bars, replace=args.replace)
         except KeyboardInterrupt:
             bars.close()
             print(f"\ninterrupted; the previous index, if any, is unchanged. Run the same command again to go on "

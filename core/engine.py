@@ -172,6 +172,7 @@ class Engine:
                 self._catalog.mark_damaged(damage)
                 raise DamagedIndexError(damage)
         try:
+            # Loaded under the index folder's shared lock: the old index or the new, never a mix.
             index = MovieIndex(info.path)
         except DamagedIndexError as exc:
             self._catalog.mark_damaged(exc.movie)
@@ -183,17 +184,23 @@ class Engine:
         return index
 
     # -- offline --------------------------------------------------------------------------
-    def index(self, source: Path | str, movie: str, progress: ProgressCallback = no_progress) -> IndexReport:
-        """Build (or rebuild) the index of `movie` from a video file or a frames folder."""
+    def index(self, source: Path | str, movie: str, progress: ProgressCallback = no_progress, *,
+              replace: bool = False) -> IndexReport:
+        """Build (or rebuild) the index of `movie` from a video file or a frames folder. `replace`:
+        replace the index of another movie whose name lands on the same slug ("Titanic" for
+        "Titanic!"); without it that is refused. Disk faults raise StorageError."""
         check_source(Path(source).expanduser())  # a pipe, a device or a typo: refused before the models load
+
         def load() -> tuple[PersonDetector, list[Channel]]:
             return self.detector, [self.channel_for(name, self.settings.model_for(name))
                                    for name in self.settings.index_channels()]
 
-        # The models load in a thread while the film's first frames are read. (Two threads, faces
-        # beside the rest, measured no faster: 2.4 s against 2.7 s, within the drift.)
+        # The models load in a thread while the film's first frames are read, once the build is
+        # claimed. (Two threads, faces beside the rest, measured no faster: 2.4 s against 2.7 s,
+        # within the drift.)
         with ThreadPoolExecutor(1, thread_name_prefix="castfinder-load") as pool:
-            report = Indexer(self.settings, pool.submit(load)).run(Path(source), movie, progress)
+            report = Indexer(self.settings, lambda: pool.submit(load)).run(Path(source), movie, progress,
+                                                                           replace=replace)
         with self._cache_lock:
             self._cache.pop(report.movie.slug, None)
         return report

@@ -77,3 +77,8 @@ class SettingsError(CastfinderError):
     def __init__(self, message: str, *, from_flags: bool = False) -> None:
         self.from_flags = from_flags  # a command-line flag was wrong (a usage error), not the environment
         super().__init__(message)
+
+
+class StorageError(CastfinderError):
+    """The disk failed a write while indexing (full, read-only, not permitted, a file-size limit,
+    an I/O error); the message names the cause, the fix and what became of the build."""

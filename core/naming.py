@@ -31,6 +31,21 @@ def clean_name(name: str) -> str:
     return " ".join(name.split())
 
 
+def same_movie_name(a: str, b: str) -> bool:
+    """Whether two names are the same movie's: equal after `name_key`. Re-indexing under such a
+    name replaces the index; another name that lands on the same slug does not (see
+    IndexWriter)."""
+    return name_key(a) == name_key(b)
+
+
+def name_key(name: str) -> str:
+    """A name as compared for identity: the display name (`clean_name`), NFKC-normalised,
+    case-folded and NFKC-normalised again, whitespace collapsed. So "Heat", " HEAT " and the
+    full-width "ＨＥＡＴ" are one movie; "Heat!", "Héat" and "Heat 2" are others."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", clean_name(name)).casefold())
+    return " ".join(folded.split())
+
+
 def format_ts(seconds: float, *, decimals: int = 3) -> str:
     """`HH:MM:SS.mmm` (or fewer decimals); never rounds up into the next shot's time."""
     scale = 10**decimals

@@ -3,6 +3,7 @@ only; the previous index stays usable meanwhile. Synthetic video, random YOLO, t
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from pathlib import Path
@@ -117,10 +118,13 @@ def test_a_build_owned_by_a_live_process_is_not_touched(make_settings, video: Pa
     with pytest.raises(KeyboardInterrupt):
         engine.index(video, "Heat", progress=_interrupt_at(2.5))
     [build] = _builds(engine.settings.index_dir)
-    (build / "pid").write_text(str(os.getppid()))  # alive: another castfinder at work
-    with pytest.raises(BadInputError, match="already being indexed"):
-        engine.index(video, "Heat")
-    assert (build / CHECKPOINT).is_file()
+    (build / "pid").write_text(f"{os.getppid()}\nHeat\n")
+    with open(build / "pid") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # alive: another castfinder at work holds the build's lock
+        with pytest.raises(BadInputError, match=rf"already being indexed by another process \(pid {os.getppid()}\)"):
+            engine.index(video, "Heat")
+        tidy_index_dir(engine.settings.index_dir)
+    assert (build / CHECKPOINT).is_file() and (build / "pid").is_file()
 
 
 def test_after_kill_9_the_same_command_resumes_and_says_so(tmp_path: Path, tiny_dinov2: Path) -> None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import re
+import sqlite3
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -22,7 +24,8 @@ from ..models.detector import Detection, PersonDetector
 from ..naming import clean_name, format_ts, slugify
 from ..search import calibration
 from ..settings import Settings
-from ..store import FORMAT_VERSION, Checkpoint, CropRow, IndexWriter, movie_info, read_manifest, tidy_index_dir
+from ..store import FORMAT_VERSION, MANIFEST, Checkpoint, CropRow, IndexWriter, movie_info, read_manifest
+from ..store.faults import storage_error
 from ..store.manifest import ChannelPlan, Counts, DetectorSpec, ManifestDraft, SourceSpec, StageSeconds
 from ..types import IndexReport, Progress, ProgressCallback, Shot
 from ..versions import library_versions
@@ -112,10 +115,12 @@ Models = tuple[PersonDetector, list[Channel]]
 
 
 class Indexer:
-    """Builds one index. `models` is the detector and channels, or a future of them: they load
-    while the film's first frames are read."""
+    """Builds one index. `models` is the detector and channels, or a future of them, or a function
+    that starts loading them and returns that future: it is called once the build is claimed, so
+    a run that is refused (a busy or taken slug, a read-only folder) answers at once instead of
+    after the models load; they load while the film's first frames are read."""
 
-    def __init__(self, settings: Settings, models: Models | Future[Models]) -> None:
+    def __init__(self, settings: Settings, models: Models | Future[Models] | Callable[[], Future[Models]]) -> None:
         self.settings = settings
         self._models = models
         self._detector: PersonDetector | None = None
@@ -128,8 +133,14 @@ class Indexer:
             raise RuntimeError("the models are not loaded yet")
         return self._detector
 
+    def _start_loading(self) -> Models | Future[Models]:
+        if callable(self._models):
+            self._models = self._models()
+        return self._models
+
     def _load(self) -> None:
-        detector, channels = self._models.result() if isinstance(self._models, Future) else self._models
+        models = self._start_loading()
+        detector, channels = models.result() if isinstance(models, Future) else models
         if not channels:
             raise ValueError("an index needs at least one channel")
         self._detector, self.channels = detector, channels
@@ -137,7 +148,12 @@ class Indexer:
         # keeps every crop and links tracks by box overlap alone.
         self.primary = next((c for c in channels if c.kind == "body"), None)
 
-    def run(self, source_path: Path, movie: str, progress: ProgressCallback) -> IndexReport:
+    def run(self, source_path: Path, movie: str, progress: ProgressCallback, *, replace: bool = False) -> IndexReport:
+        """Index `movie` from `source_path`. `replace`: replace the index of another movie whose
+        name has the same slug (see IndexWriter). A disk fault (full, read-only, not permitted, a
+        file-size limit, an I/O error) becomes a StorageError that says what to do; the previous
+        index is left as it was, and a build with a checkpoint is kept for the same command to
+        resume."""
         s = self.settings
         name = clean_name(movie)
         if not name:
@@ -147,24 +163,28 @@ class Indexer:
                 f"The movie name {name!r} looks like a file path; give the movie's title, e.g. --movie \"Heat (1995)\"."
             )
         slug = slugify(name)
-        tidy_index_dir(s.index_dir)
         timer = StageTimer()
         started = time.perf_counter()
-        with timer("open"):
-            source = open_source(
-                source_path, frames_fps=s.frames_fps, scene_threshold=s.scene_threshold,
-                min_shot_frames=s.min_shot_frames, shot_detector=s.shot_detector, min_shot_s=s.min_shot_s,
-                max_pixels=s.max_image_pixels,
-            )
-        build = self._build_settings()
-        writer = IndexWriter(s.index_dir, slug, key=run_key(Path(source_path), build))
+        writer: IndexWriter | None = None
         try:
+            with timer("open"):
+                source = open_source(
+                    source_path, frames_fps=s.frames_fps, scene_threshold=s.scene_threshold,
+                    min_shot_frames=s.min_shot_frames, shot_detector=s.shot_detector, min_shot_s=s.min_shot_s,
+                    max_pixels=s.max_image_pixels,
+                )
+            build = self._build_settings()
+            # Leftovers of crashes are tidied by the writer, under the index folder's lock.
+            writer = IndexWriter(s.index_dir, slug, key=run_key(Path(source_path), build), name=name,
+                                 replace=replace)
+            self._start_loading()
             resumed = writer.resumed
             if resumed is not None:
                 for stage, seconds in resumed.seconds.items():
                     timer.seconds[stage] = seconds
                 log.info("resuming the index of %r at %s", name, format_ts(resumed.film_s))
-                checkpoint = replace(resumed, resumed=resumed.resumed + 1)
+                # (`replace` is the flag here, hence dataclasses.replace)
+                checkpoint = dataclasses.replace(resumed, resumed=resumed.resumed + 1)
             else:
                 checkpoint = Checkpoint(writer.key or "", [], warnings=list(source.warnings))
             shots, counts = self._process(source, writer, checkpoint, timer, progress)
@@ -193,9 +213,12 @@ class Indexer:
                     plan.calibration = calibration.with_link(calib, plan.kind).to_json()
                 final = writer.commit(draft, s.faiss_index)
                 progress(Progress("write", 1, 1, "index"))
-        except BaseException:
+        except BaseException as exc:
             # Ctrl-C included: the previous index stays; a build with a checkpoint waits to be resumed.
-            writer.abort()
+            kept = writer.abort() if writer is not None else None
+            if isinstance(exc, (OSError, sqlite3.Error)):
+                # The one place where the disk's faults become a message (core/store/faults.py).
+                raise storage_error(exc, s.index_dir, _outcome(s.index_dir / slug, name, kept)) from exc
             raise
         manifest = read_manifest(final)
         assert manifest is not None
@@ -365,6 +388,15 @@ class Indexer:
                     x1, y1 = (0, 0) if origins is None else origins[local]
                     faces.append((int(local), (x1 + fx1, y1 + fy1, x1 + fx2, y1 + fy2)))
         return vectors, faces
+
+
+def _outcome(final: Path, name: str, kept: Checkpoint | None) -> str:
+    """What a failed run left: the previous index (untouched) and the build (kept to resume, or gone)."""
+    before = f"The index of {name!r} is unchanged" if (final / MANIFEST).is_file() else f"{name!r} was not indexed"
+    if kept is not None:
+        return (f"{before}; the build so far is kept: once that is fixed, the same command goes on from its "
+                f"last checkpoint ({format_ts(kept.film_s, decimals=1)} of film).")
+    return f"{before}, and nothing of this run was left behind."
 
 
 def _size_of(path: Path) -> int:

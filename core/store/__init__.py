@@ -19,6 +19,11 @@ the film. Every few minutes of film the build folder is checkpointed (`checkpoin
 after the database commit and the vector files' fsync): a run interrupted by Ctrl-C, kill -9 or
 a power cut resumes from the last checkpoint when the same source is indexed with the same
 settings (the folder's name and the checkpoint carry a key of both), and starts afresh otherwise.
+
+Processes sharing an index folder coordinate with flock(2) (`locks`): a build holds its folder's
+`pid` file for its whole life, and the index folder itself is locked exclusively for tidy-up,
+claims and swaps, shared for listing and loading. Disk faults met while indexing become one
+`StorageError` (`faults`).
 """
 
 from .health import check_files

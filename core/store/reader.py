@@ -19,6 +19,7 @@ from ..search.calibration import Calibration
 from ..types import DamagedMovie, MovieInfo, Shot
 from .health import check_files, regular_size
 from .layout import META
+from .locks import index_dir_lock
 from .manifest import ChannelSpec, IndexDamage, Manifest, movie_info, read_manifest, read_manifest_json
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ class IndexCatalog:
         self._verdicts: dict[str, tuple[_Signature, MovieInfo | DamagedMovie | None]] = {}
 
     def scan(self) -> Listing:
+        with index_dir_lock(self.index_dir, shared=True):  # no index missing for the moment of a swap
+            return self._scan()
+
+    def _scan(self) -> Listing:
         try:
             entries = sorted(e for e in self.index_dir.iterdir() if not e.name.startswith(".") and e.is_dir())
         except FileNotFoundError:
@@ -156,6 +161,12 @@ class MovieIndex:
     Safe to search from several threads at once."""
 
     def __init__(self, path: Path) -> None:
+        # Under the index folder's shared lock, so that a re-index cannot swap the folder while its
+        # files are read: what loads is all the old index or all the new one.
+        with index_dir_lock(path.parent, shared=True):
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
         self.path = path
         try:
             manifest = read_manifest(path)

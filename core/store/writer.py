@@ -3,6 +3,7 @@ as they go; `commit` builds the FAISS indexes and swaps the folder into place.""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -20,10 +21,12 @@ from PIL import Image
 from pydantic import JsonValue
 
 from ..errors import BadInputError
+from ..naming import same_movie_name
 from ..types import BBox, Shot
 from .layout import BUILDING_PREFIX, CHECKPOINT, FORMAT_VERSION, MANIFEST, META, OLD_PREFIX, PID, THUMBS, VECTORS
-from .manifest import Manifest, ManifestDraft, write_json_durably
-from .recovery import pid_alive, pid_of
+from .locks import BuildLock, build_holder, index_dir_lock
+from .manifest import IndexDamage, Manifest, ManifestDraft, read_manifest, read_manifest_json, write_json_durably
+from .recovery import tidy_locked
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,44 @@ class CropRow:
     bbox: tuple[float, float, float, float]
     det_score: float
     track_id: int = -1  # assigned by the tracker
+
+
+def _busy_message(name: str, slug: str, pid: int | None, other: str | None) -> str:
+    who = f"another process (pid {pid})" if pid is not None else "another process"
+    if other is None or same_movie_name(other, name):
+        return (f"{name!r} is already being indexed by {who}; wait for it to finish or stop it, "
+                "then run this command again.")
+    return (f"{other!r} is already being indexed by {who} into {slug!r}, the folder {name!r} would use; "
+            "wait for it to finish or stop it, or give this movie another --movie name.")
+
+
+def _indexed_name(folder: Path) -> str | None:
+    """The name of the movie indexed in `folder`: from its manifest, read leniently (an index of
+    another version or a damaged one still says whose it is), or None when it cannot be read."""
+    try:
+        manifest = read_manifest(folder)
+    except IndexDamage:
+        manifest = None
+    if manifest is not None:
+        return manifest.name
+    try:
+        data = read_manifest_json(folder)  # bounded in size and depth, like every manifest read
+    except IndexDamage:
+        return None
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and name.strip() else None
+
+
+# Test seam: tests put a callable here to hold a build at a named point of its commit
+# ("before_swap": complete, not yet published; "swapped_aside": under the index folder's lock, the
+# previous index renamed aside, the new one not yet in place) while another thread or process acts.
+# Never set outside tests.
+COMMIT_HOOK: Callable[[str], None] | None = None
+
+
+def _reached(point: str) -> None:
+    if COMMIT_HOOK is not None:
+        COMMIT_HOOK(point)
 
 
 def build_faiss(vectors: np.ndarray, ids: np.ndarray, kind: str) -> tuple[faiss.Index, str]:
@@ -175,29 +216,54 @@ class IndexWriter:
 
     With a `key`, the folder is named by it and resumes from its checkpoint when one was left
     by the same key; `resumed` is that checkpoint then, else None. `start(dims)` opens the
-    channels' vector files (known once the models are loaded) before anything is added."""
+    channels' vector files (known once the models are loaded) before anything is added.
 
-    def __init__(self, index_dir: Path, slug: str, key: str | None = None) -> None:
+    The build holds its lock (`BuildLock`) from here to `commit` or `abort`: no other run builds
+    this slug meanwhile, and tidy-up leaves the folder alone. `name` is the movie's: an index of
+    another movie in the slug's folder is replaced only with `replace` (see `_check_slug`)."""
+
+    def __init__(self, index_dir: Path, slug: str, key: str | None = None, *, name: str,
+                 replace: bool = False) -> None:
         self.index_dir = index_dir
         self.slug = slug
         self.key = key
-        index_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
         suffix = key[:16] if key else uuid.uuid4().hex[:8]
         self.tmp = index_dir / f"{BUILDING_PREFIX}{slug}-{suffix}"
         self.resumed: Checkpoint | None = None
-        if key:
-            self._claim_or_clear()
-        fresh = not self.tmp.exists()
-        if fresh:
-            self.tmp.mkdir()
-            (self.tmp / THUMBS).mkdir()
-            (self.tmp / VECTORS).mkdir()
-        (self.tmp / PID).write_text(str(os.getpid()))
-        self.db = sqlite3.connect(self.tmp / META)
-        if fresh:
-            self.db.executescript(_SCHEMA)
         self._files: dict[str, _VectorFile] = {}
         self._next_crop = 0
+        self._lock = BuildLock(self.tmp)
+        self.db: sqlite3.Connection | None = None
+        index_dir.mkdir(parents=True, exist_ok=True)
+        with index_dir_lock(index_dir):
+            # Under the lock, the check that nobody builds this slug and the claim are one step.
+            tidy_locked(index_dir)
+            self._claim_or_clear(replace)
+            fresh = not self.tmp.exists()
+            try:
+                if fresh:
+                    self.tmp.mkdir()
+                    (self.tmp / THUMBS).mkdir()
+                    (self.tmp / VECTORS).mkdir()
+                self._lock.acquire(name)
+            except BaseException:
+                self._lock.release()
+                if fresh:
+                    shutil.rmtree(self.tmp, ignore_errors=True)
+                raise
+        try:
+            self.db = sqlite3.connect(self.tmp / META)
+            if fresh:
+                self.db.executescript(_SCHEMA)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _conn(self) -> sqlite3.Connection:
+        if self.db is None:
+            raise RuntimeError("the build's database is closed")
+        return self.db
 
     def start(self, dims: dict[str, int]) -> None:
         """Open each channel's vector file; a resumed build goes back to its checkpoint first."""
@@ -205,31 +271,50 @@ class IndexWriter:
         if self.resumed is not None:
             self._rewind(self.resumed)
 
-    def _claim_or_clear(self) -> None:
-        """Resume this key's build when it left a checkpoint; refuse when a live process owns it;
-        remove builds of this slug from other keys (other settings, or a changed file)."""
-        for entry in self.index_dir.glob(f"{BUILDING_PREFIX}{self.slug}-*"):
-            if entry.name.rsplit("-", 1)[0] != f"{BUILDING_PREFIX}{self.slug}":
-                continue
-            pid = pid_of(entry)
-            if pid is not None and pid != os.getpid() and pid_alive(pid):
-                if entry == self.tmp:
-                    raise BadInputError(
-                        f"This movie is already being indexed with these settings (process {pid}); "
-                        "wait for it to finish, or stop it first.")
-                continue
+    def _claim_or_clear(self, replace: bool) -> None:
+        """Refuse when a live process builds this slug, or when the slug's folder holds another
+        movie (without `replace`); resume this key's build when it left a checkpoint; remove
+        stopped builds of this slug from other keys (other settings, or a changed file)."""
+        builds = [entry for entry in self.index_dir.glob(f"{BUILDING_PREFIX}{self.slug}-*")
+                  if entry.name.rsplit("-", 1)[0] == f"{BUILDING_PREFIX}{self.slug}"]
+        for entry in builds:
+            holder = build_holder(entry)
+            if holder is not None:
+                raise BadInputError(_busy_message(self.name, self.slug, *holder))
+        self._check_slug(replace)
+        for entry in builds:
             checkpoint = Checkpoint.read(entry) if entry == self.tmp else None
-            if checkpoint is not None and checkpoint.key == self.key:
+            if checkpoint is not None and self.key and checkpoint.key == self.key:
                 self.resumed = checkpoint
             else:
                 shutil.rmtree(entry, ignore_errors=True)
 
+    def _check_slug(self, replace: bool) -> None:
+        """Two names can share a slug ("Titanic", "Titanic!", "Titánic"): re-indexing the same
+        movie (`same_movie_name`) replaces its index, another movie's is replaced only when asked.
+        A folder castfinder did not write is never replaced."""
+        final = self.index_dir / self.slug
+        if not (final.exists() or final.is_symlink()):
+            return
+        if final.is_symlink() or not final.is_dir() or not ((final / MANIFEST).exists() or (final / META).exists()):
+            # Not even with --replace: with --index-dir ~, "Documents" would otherwise replace ~/Documents.
+            raise BadInputError(
+                f"{final} is in the way of the index of {self.name!r} and is not an index castfinder wrote; "
+                f"move it out of {self.index_dir}, or give this movie another --movie name.")
+        existing = _indexed_name(final)
+        if existing is None or same_movie_name(existing, self.name) or replace:
+            return  # the same movie, or a damaged index whose name cannot be read, or asked for
+        raise BadInputError(
+            f"{self.name!r} would be stored as {self.slug!r}, where {existing!r} is already indexed; "
+            f"add --replace to replace {existing!r} with it, or give this movie another --movie name.")
+
     def _rewind(self, checkpoint: Checkpoint) -> None:
         """Back to the checkpoint: what a killed run wrote after it goes."""
-        self.db.execute("DELETE FROM faces WHERE crop_id >= ?", (checkpoint.crops,))
-        self.db.execute("DELETE FROM crops WHERE id >= ?", (checkpoint.crops,))
-        self.db.execute("DELETE FROM shots WHERE id > ?", (checkpoint.done_shot,))
-        self.db.commit()
+        db = self._conn()
+        db.execute("DELETE FROM faces WHERE crop_id >= ?", (checkpoint.crops,))
+        db.execute("DELETE FROM crops WHERE id >= ?", (checkpoint.crops,))
+        db.execute("DELETE FROM shots WHERE id > ?", (checkpoint.done_shot,))
+        db.commit()
         for name, file in self._files.items():
             file.truncate(checkpoint.vectors.get(name, 0))
         self._next_crop = checkpoint.crops
@@ -237,7 +322,7 @@ class IndexWriter:
     def checkpoint(self, checkpoint: Checkpoint) -> None:
         """Make everything written so far durable, then record `checkpoint` (its crop and vector
         counts are filled in here)."""
-        self.db.commit()
+        self._conn().commit()
         for file in self._files.values():
             file.sync()
         checkpoint.crops = self._next_crop
@@ -248,8 +333,12 @@ class IndexWriter:
         name = f"{THUMBS}/shot_{shot.id:05d}.jpg"
         image = Image.fromarray(thumbnail)
         image.thumbnail((thumb_px, thumb_px), Image.Resampling.LANCZOS)
-        image.save(self.tmp / name, "JPEG", quality=THUMB_JPEG_QUALITY)
-        self.db.execute(
+        # Encoded in memory and written by Python: PIL's encoder writing to the file itself ignores a
+        # short write, so a full disk or a file-size limit left a truncated JPEG without an error.
+        jpeg = io.BytesIO()
+        image.save(jpeg, "JPEG", quality=THUMB_JPEG_QUALITY)
+        (self.tmp / name).write_bytes(jpeg.getvalue())
+        self._conn().execute(
             "INSERT INTO shots VALUES (?,?,?,?,?,?,?,?,?,?)",
             (shot.id, shot.number, shot.scene, shot.start_frame, shot.end_frame,
              shot.start_s, shot.end_s, name, thumb_frame_s, persons),
@@ -261,19 +350,21 @@ class IndexWriter:
         covers only the crops with a face); `faces`: (row, face box in frame pixels)."""
         ids = np.arange(self._next_crop, self._next_crop + len(rows), dtype=np.int64)
         self._next_crop += len(rows)
-        self.db.executemany(
+        db = self._conn()
+        db.executemany(
             "INSERT INTO crops VALUES (?,?,?,?,?,?,?,?,?,?)",
             [(int(i), r.shot_id, r.frame_index, r.frame_s, *r.bbox, r.det_score, r.track_id)
              for i, r in zip(ids, rows)],
         )
-        self.db.executemany("INSERT INTO faces VALUES (?,?,?,?,?)", [(int(ids[row]), *box) for row, box in faces])
+        db.executemany("INSERT INTO faces VALUES (?,?,?,?,?)", [(int(ids[row]), *box) for row, box in faces])
         for channel, (vecs, which) in vectors.items():
             self._files[channel].append(vecs, ids[np.asarray(which, dtype=np.int64)])
 
     def calibrate(self, fit: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], T]) -> dict[str, T]:
         """Per channel, `fit(vectors, frames, boxes, shots)` over everything added so far."""
-        self.db.commit()
-        meta = np.asarray(self.db.execute(
+        db = self._conn()
+        db.commit()
+        meta = np.asarray(db.execute(
             "SELECT frame_index, shot_id, x1, y1, x2, y2 FROM crops ORDER BY id").fetchall(),
             dtype=np.float64).reshape(-1, 6)
         out: dict[str, T] = {}
@@ -286,9 +377,12 @@ class IndexWriter:
 
     def commit(self, draft: ManifestDraft, faiss_kind: str) -> Path:
         """Build each channel's FAISS index, write the manifest (`draft` completed with what only
-        the writer knows) and swap the folder into place; returns the index's folder."""
-        self.db.commit()
-        self.db.close()
+        the writer knows) and swap the folder into place; returns the index's folder. Until the
+        manifest is written the checkpoint stays, so a disk fault here leaves a build to resume."""
+        db = self._conn()
+        db.commit()
+        db.close()
+        self.db = None
         channels: dict[str, JsonValue] = {}
         for channel, file in self._files.items():
             vecs, ids = file.read()
@@ -301,40 +395,68 @@ class IndexWriter:
             plan = draft.channels.get(channel)
             channels[channel] = {**(plan.to_json() if plan is not None else {}), "dim": file.dim, "file": name,
                                  "vectors": int(len(ids)), "faiss": built}
-        shutil.rmtree(self.tmp / VECTORS, ignore_errors=True)
         # Validated as any manifest is when read: what is written here is what loads.
         manifest = Manifest.model_validate({
             **draft.to_json(), "channels": channels, "format": FORMAT_VERSION, "complete": True, "slug": self.slug,
             "build_id": uuid.uuid4().hex, "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
-        for leftover in (PID, CHECKPOINT):
-            (self.tmp / leftover).unlink(missing_ok=True)
         write_json_durably(self.tmp / MANIFEST, manifest.to_json())
+        # Complete: what was kept for resuming goes.
+        (self.tmp / CHECKPOINT).unlink(missing_ok=True)
+        shutil.rmtree(self.tmp / VECTORS, ignore_errors=True)
+        _reached("before_swap")
         return self._swap_in()
 
     def _swap_in(self) -> Path:
+        """Rename the build into place, the previous index aside and away, under the index folder's
+        lock: readers see the old index or the new one, and tidy-up never meets the swap midway."""
         final = self.index_dir / self.slug
-        old = None
-        if final.exists():
-            old = self.index_dir / f"{OLD_PREFIX}{self.slug}-{uuid.uuid4().hex[:8]}"
-            os.rename(final, old)
-        os.rename(self.tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with index_dir_lock(self.index_dir):
+            (self.tmp / PID).unlink(missing_ok=True)  # not published; the open descriptor keeps the lock
+            old = None
+            if final.exists():
+                old = self.index_dir / f"{OLD_PREFIX}{self.slug}-{uuid.uuid4().hex[:8]}"
+                os.rename(final, old)
+            try:
+                _reached("swapped_aside" if old is not None else "swapping")
+                os.rename(self.tmp, final)
+            except BaseException:
+                if old is not None and not final.exists():
+                    os.rename(old, final)  # the previous index back where it was
+                raise
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        self._lock.release()
         return final
 
-    def abort(self) -> None:
-        """Stop writing. A build with a checkpoint stays (without its pid) for the next run to
-        resume; one without goes."""
+    def abort(self) -> Checkpoint | None:
+        """Stop writing. A build with a checkpoint stays (without its lock file) for the next run
+        to resume, and its checkpoint is returned; one without goes. Never raises an OSError: it
+        runs while another error (a full disk, say) is on its way to the user."""
         try:
-            self.db.close()
+            if self.db is not None:
+                self.db.close()
         except sqlite3.Error:
             pass
+        self.db = None
         for file in self._files.values():
-            file.close()
-        if self.key and (self.tmp / CHECKPOINT).is_file():
-            (self.tmp / PID).unlink(missing_ok=True)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            try:
+                file.close()
+            except OSError:
+                pass  # the buffered rows past the checkpoint: dropped on resume anyway
+        kept = Checkpoint.read(self.tmp) if self.key else None
+        if kept is not None and kept.key != self.key:
+            kept = None
+        # Under the folder's lock: a run claiming this build waits until it is kept or gone.
+        with index_dir_lock(self.index_dir):
+            if kept is not None:
+                try:
+                    (self.tmp / PID).unlink(missing_ok=True)
+                except OSError:
+                    pass  # the lock itself goes with this process's descriptor
+            else:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            self._lock.release()
+        return kept
 
 
