@@ -115,13 +115,12 @@ class Engine:
     def resolve_movie(self, query: str) -> MovieInfo:
         """By name, slug, or an unambiguous prefix of either, case-insensitively. A damaged index
         is matched like a movie and raises `DamagedIndexError` (which says how to rebuild it)."""
-        listing = self._catalog.scan()
-        movies = listing.movies
+        movies = self.movies()
         q = " ".join(query.split()).casefold()
         if not q:
             raise MovieNotFoundError(query, [m.name for m in movies[:5]])
         qslug = slugify(query)
-        every: list[MovieInfo | DamagedMovie] = [*movies, *listing.damaged]
+        every: list[MovieInfo | DamagedMovie] = [*movies, *self.damaged_movies()]
         exact = [m for m in every if m.name.casefold() == q or m.slug == q or m.slug == qslug]
         prefix = [m for m in every if m.name.casefold().startswith(q) or m.slug.startswith(qslug)]
         found = exact if len(exact) == 1 else prefix
