@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,29 +30,14 @@ for key, value in {"HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1", "TRANSFORMERS_OFF
                    "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                    "YOLO_CONFIG_DIR": tempfile.mkdtemp()}.items():
     os.environ.setdefault(key, value)
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_core import machine  # noqa: E402  (one description of the machine for every benchmark)
 
 SHARED = Path(os.environ.get("CASTFINDER_SHARED", REPO.parent / "shared"))
 DETECTOR = SHARED / "weights" / "person_yolov8s_falldet.pt"
 CLIP = SHARED / "data" / "titanic" / "titanic_20s.mp4"
 QUERIES = [SHARED / "data" / "titanic" / name for name in ("body_rose.jpg", "portrait_jack.jpg", "face_rose.jpg")]
 
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-        ram = f"{kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, StopIteration, ValueError):
-        ram = "RAM unknown"
-    import torch
-
-    return (f"{model}, {os.cpu_count()} CPUs, {ram}; Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), {platform.system()} {platform.release()}")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -41,3 +41,19 @@ def snapshot(folder: Path) -> dict[str, str]:
 def no_traceback(proc: subprocess.CompletedProcess[str]) -> bool:
     """The user saw a message, not Python's insides."""
     return "Traceback (most recent call last)" not in proc.stderr + proc.stdout
+
+
+def tiny_cli_env(monkeypatch: object, index_dir: Path, tiny_dinov2: Path, **extra: str) -> dict[str, str]:
+    """The CLI settings of a tiny build (random YOLO, the tiny DINOv2), set in this process's
+    environment (for `main`) and returned (for `run_cli` in another process). `extra`: more
+    settings without the CASTFINDER_ prefix, e.g. CHECKPOINT_S="0.5"."""
+    import torch
+
+    torch.manual_seed(0)
+    values = {"INDEX_DIR": str(index_dir), "DETECTOR": "yolov8n.yaml", "DINOV2_MODEL": str(tiny_dinov2),
+              "DET_CONF": "0.0001", "DET_IMGSZ": "160", "MIN_PERSON_PX": "4", "DEVICE": "cpu", "CHANNELS": "dinov2",
+              **extra}
+    env = {f"CASTFINDER_{key}": value for key, value in values.items()}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)  # type: ignore[attr-defined]
+    return env

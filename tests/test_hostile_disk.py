@@ -20,7 +20,7 @@ from core import Shot
 from core.store import IndexWriter
 from core.store.layout import BUILDING_PREFIX, CHECKPOINT
 from tests import fs_faults
-from tests.hostile import no_traceback, run_cli, snapshot
+from tests.hostile import no_traceback, run_cli, snapshot, tiny_cli_env
 from tests.media import make_video
 
 SEGMENTS = [((30, 10, 10), 30), ((40, 230, 240), 20), ((0, 0, 160), 40)]  # cuts at 1.25 s and 2.08 s
@@ -33,16 +33,7 @@ tmpfs = fs_faults.tmpfs  # a fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_dinov2: Path) -> dict[str, str]:
     """The CLI's settings, for `main` here and `run_cli` in another process; a checkpoint every
     half second of film, so that the three-shot video is checkpointed after shots 1 and 2."""
-    import torch
-
-    torch.manual_seed(0)
-    values = {"INDEX_DIR": str(tmp_path / "indexes"), "DETECTOR": "yolov8n.yaml", "DINOV2_MODEL": str(tiny_dinov2),
-              "DET_CONF": "0.0001", "DET_IMGSZ": "160", "MIN_PERSON_PX": "4", "DEVICE": "cpu", "CHANNELS": "dinov2",
-              "SAMPLE_FPS": "4", "CHECKPOINT_S": "0.5"}
-    env = {f"CASTFINDER_{key}": value for key, value in values.items()}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
+    return tiny_cli_env(monkeypatch, tmp_path / "indexes", tiny_dinov2, SAMPLE_FPS="4", CHECKPOINT_S="0.5")
 
 
 @pytest.fixture

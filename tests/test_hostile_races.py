@@ -24,7 +24,7 @@ from core.naming import slugify
 from core.store import locks, writer
 from core.store.layout import BUILDING_PREFIX, CHECKPOINT, OLD_PREFIX
 from tests import fs_faults
-from tests.hostile import no_traceback, run_cli, snapshot
+from tests.hostile import no_traceback, run_cli, snapshot, tiny_cli_env
 from tests.media import make_video
 
 SEGMENTS = [((30, 10, 10), 30), ((40, 230, 240), 20), ((0, 0, 160), 40)]  # three shots
@@ -36,15 +36,7 @@ tmpfs = fs_faults.tmpfs  # a fixture
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_dinov2: Path) -> dict[str, str]:
     """The CLI's settings, for `main` in this process and for `run_cli` in another."""
-    import torch
-
-    torch.manual_seed(0)
-    values = {"INDEX_DIR": str(tmp_path / "indexes"), "DETECTOR": "yolov8n.yaml", "DINOV2_MODEL": str(tiny_dinov2),
-              "DET_CONF": "0.0001", "DET_IMGSZ": "160", "MIN_PERSON_PX": "4", "DEVICE": "cpu", "CHANNELS": "dinov2"}
-    env = {f"CASTFINDER_{key}": value for key, value in values.items()}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
+    return tiny_cli_env(monkeypatch, tmp_path / "indexes", tiny_dinov2)
 
 
 @pytest.fixture
