@@ -231,3 +231,60 @@ def test_cast_table_and_search_from_a_member(cli_env, capsys) -> None:
     assert main(["search", "--movie", "three", "--cast", "9"]) == 1
     assert "has no cast member 9; its cast has 3" in capsys.readouterr().err
     assert main(["search", "--movie", "three"]) == 2  # neither screenshots nor --cast
+
+
+# -- the bot -----------------------------------------------------------------------------------
+async def test_bot_cast_sheet_then_a_tap_answers_like_a_screenshot(movie, tmp_path: Path) -> None:
+    from bot.keyboards import CastChoice
+    from tests.bot_support import ALICE, ALICE_CHAT, BOB, USER_ID, bot_harness
+    from tests.fake_telegram import callback_update, private_chat
+
+    engine, _ = movie
+    async with bot_harness(engine, tmp_path) as h:
+        await h.app.storage.set_movie(USER_ID, "three-people", "Three People")
+        asked = h.text("/cast")
+        await h.feed(asked)
+        [sheet] = h.srv.calls_of("sendPhoto")
+        assert sheet.params["caption"].startswith("The cast of Three People: the 3 people")
+        assert sheet.params["reply_parameters"]["message_id"] == asked["message"]["message_id"]
+        buttons = [b for row in sheet.params["reply_markup"]["inline_keyboard"] for b in row]
+        assert [b["text"] for b in buttons] == ["1 · 6 s", "2 · 5 s", "3 · 1 s"]
+        second = buttons[1]["callback_data"]
+        assert second.startswith("ca:") and CastChoice.unpack(second).number == "2"
+
+        # The tap: an album of member 2's shots, as a screenshot's answer is.
+        await h.feed(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=sheet.result, data=second))
+        [album] = h.srv.calls_of("sendMediaGroup")
+        green = engine.cast("three")[1]
+        expected = engine.search_identity("three", green.identity, top=5)
+        shots = [m["caption"].split(" · ")[1] for m in album.params["media"]]
+        assert shots == [f"shot {r.shot}" for r in expected.results]
+        assert sorted(shots[:2]) == [f"shot {s}" for s in green.shots]
+        assert any("best shots" in t or "closest shots" in t for t in h.sent_texts())
+
+        # The same button pressed in another chat, and a forged sheet id: expired, nothing searched.
+        bob_chat = private_chat(BOB["id"], "Bob", "bob")
+        await h.feed(callback_update(h.srv, chat=bob_chat, from_user=BOB, message={**sheet.result, "chat": bob_chat},
+                                     data=second))
+        forged = CastChoice(sheet="AAAAAAAAAAA", number="1").pack()
+        await h.feed(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=sheet.result, data=forged))
+        out_of_range = CastChoice.unpack(second).model_copy(update={"number": "9"}).pack()
+        await h.feed(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=sheet.result, data=out_of_range))
+        answers = [a["text"] for a in h.srv.callback_answers.values() if a and a.get("text")]
+        assert answers[-3:] == ["This cast sheet has expired. Send /cast again."] * 3
+        assert len(h.srv.calls_of("sendMediaGroup")) == 1
+
+
+async def test_bot_cast_of_an_old_index_says_to_reindex(movie, tmp_path: Path) -> None:
+    from tests.bot_support import USER_ID, bot_harness
+
+    engine, _ = movie
+    db = sqlite3.connect(engine.open_index("three").path / "meta.sqlite")
+    db.executescript("DROP TABLE cast_tracks; DROP TABLE cast_members;")
+    db.close()
+    engine._cache.clear()
+    async with bot_harness(engine, tmp_path) as h:
+        await h.app.storage.set_movie(USER_ID, "three-people", "Three People")
+        await h.feed(h.text("/cast"))
+        assert "re-index this movie to get its cast" in h.sent_texts()[-1]
+        assert h.srv.calls_of("sendPhoto") == []
