@@ -7,7 +7,8 @@ searching from the query screenshots (AP, side by side). docs/EVALUATION.md, "Th
 
 with the clips indexed into that folder first (`castfinder index CLIP --movie office --fps 2`, likewise
 supernatural, goldeneye (the frames folder) and titanic). The threshold is chosen on all clips
-together: the most characters with an identity of their own, then the highest purity.
+together: the most characters with an identity of their own, then the best balance of purity
+and completeness (their harmonic mean).
 
 Purity is measured per face track against the annotators' list of who is clearly visible in each
 shot (`shots.csv`'s `who` for office and supernatural; the ground truth's characters for goldeneye
@@ -80,8 +81,20 @@ def measure(identities, index, who: dict[int, set[str]], characters: list[str]) 
         if major in owners and len(ident.tracks) >= 2:
             owners[major].append((n, ok / len(seen)))
     own = [c for c, found in owners.items() if any(p >= 0.5 for _, p in found)]
+    # Completeness: of a character's tracks in shots showing only them, the share in the one
+    # identity holding most of them (1: never split).
+    together = alone = 0
+    split: dict[str, int] = {}
+    for c in characters:
+        where = Counter(n for n, ident in enumerate(identities) for t in ident.tracks
+                        if who[int(index.crop_shot[first_crop[t]])] == {c})
+        if where:
+            together += where.most_common(1)[0][1]
+            alone += sum(where.values())
+            split[c] = len(where)
     return {"identities": len(identities), "multi": sum(s >= 2 for s in sizes), "purity": pure / max(labelled, 1),
-            "own": own, "owners": owners, "pure": pure, "labelled": labelled}
+            "own": own, "owners": owners, "pure": pure, "labelled": labelled, "together": together, "alone": alone,
+            "split": split}
 
 
 def members_of(identities, index) -> list[CastMember]:
@@ -106,18 +119,22 @@ def main() -> int:
         ids = np.unique(_faiss_ids(index.faiss["face"]))
         vecs = index.vectors("face", ids)
         per_clip[clip] = (index, truth, ids, vecs, visible(clip, index, truth))
-    print("threshold | identities (>=2 tracks) | purity | characters with their own identity")
+    print("threshold | identities (>=2 tracks) | purity | completeness | characters with their own identity")
     best = None
     for t in THRESHOLDS:
-        own, pure, labelled, idents, multi = [], 0, 0, 0, 0
+        own, pure, labelled, idents, multi, together, alone = [], 0, 0, 0, 0, 0, 0
         for clip, (index, truth, ids, vecs, who) in per_clip.items():
             m = measure(find_identities(vecs, ids, index.crop_track, t), index, who, sorted(truth))
             own += [f"{clip}/{c}" for c in m["own"]]
             pure, labelled = pure + m["pure"], labelled + m["labelled"]
             idents, multi = idents + m["identities"], multi + m["multi"]
-        purity = pure / max(labelled, 1)
-        print(f"{t:.2f} | {idents} ({multi}) | {purity:.3f} | {len(own)}/10 {' '.join(sorted(own))}")
-        key = (len(own), purity)
+            together, alone = together + m["together"], alone + m["alone"]
+        purity, completeness = pure / max(labelled, 1), together / max(alone, 1)
+        print(f"{t:.2f} | {idents} ({multi}) | {purity:.3f} | {completeness:.3f} | {len(own)}/10 "
+              f"{' '.join(sorted(own))}")
+        # The most characters with an identity of their own, then the best balance of purity
+        # (never two people in one) and completeness (never one person in two).
+        key = (len(own), round(2 * purity * completeness / max(purity + completeness, 1e-9), 3))
         if best is None or key > best[0]:
             best = (key, t)
     assert best is not None
@@ -150,7 +167,8 @@ def main() -> int:
                 cast = f"{ap_c:.3f} ({len(identities[n].tracks)} tracks, purity {purity:.2f})"
             else:
                 cast = "no identity of its own"
-            print(f"{clip} | {name} | {'-' if ap_q is None else f'{ap_q:.3f}'} | {cast}")
+            print(f"{clip} | {name} | {'-' if ap_q is None else f'{ap_q:.3f}'} | {cast} | "
+                  f"split over {m['split'].get(name, 0)} identities")
     return 0
 
 

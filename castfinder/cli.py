@@ -283,7 +283,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     if args.top < 1:
         return fail("--top must be at least 1", EXIT_USAGE)
     if (args.cast is None) == (not args.images):
-        return fail("give screenshots of the character, or --cast N (a number of `castfinder cast`), not both",
+        return fail("give images of the character (screenshots), or --cast N (a number of `castfinder cast`), not both",
                     EXIT_USAGE)
     select = _parse_people(args.people)
     bars = _Bars(not args.quiet)

@@ -168,7 +168,7 @@ class Settings(BaseSettings):
     # The cast (core/cast.py): face tracks whose mean faces are closer than this cosine distance,
     # on average over the two groups, are one identity. Measured on the development clips
     # (docs/EVALUATION.md, "The cast").
-    cast_threshold: float = Field(0.6, gt=0.0, le=2.0)
+    cast_threshold: float = Field(0.8, gt=0.0, le=2.0)
 
     # The cast, online: a search from a cast member starts from at most this many of its face
     # crops (nearest its mean face, one per track first), as a search takes at most

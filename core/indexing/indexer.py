@@ -255,7 +255,7 @@ class Indexer:
                          "dedup": s.dedup, "dedup_threshold": s.dedup_threshold, "still_diff": s.still_diff,
                          "faiss_index": s.faiss_index, "track_iou": s.track_iou,
                          "min_person_px": s.min_person_px, "min_face_px": s.min_face_px,
-                         "face_frame_px": s.face_frame_px, "cast_threshold": s.cast_threshold},
+                         "face_frame_px": s.face_frame_px},
         }
 
     def _process(self, source: MovieSource, writer: IndexWriter, checkpoint: Checkpoint, timer: StageTimer,
