@@ -89,6 +89,34 @@ class MoreResults(CallbackData, prefix="mr"):
         return ascii_number(value, 0, MAX_RESULTS_CAP)
 
 
+# The cast's buttons: at most CASTFINDER_CAST_SHEET_SIZE's upper bound (core/settings.py).
+MAX_CAST_BUTTONS = 24
+
+
+class CastChoice(CallbackData, prefix="ca"):
+    sheet: str  # the stored cast sheet's id (Storage.save_pick, see handlers/cast.py)
+    number: str  # "1".."MAX_CAST_BUTTONS": the member's number on the sheet
+
+    @field_validator("sheet", mode="before")
+    @classmethod
+    def _sheet(cls, value: object) -> str:
+        return _matching(_STORED_ID, value, "cast sheet id")
+
+    @field_validator("number", mode="before")
+    @classmethod
+    def _number(cls, value: object) -> str:
+        return str(ascii_number(value, 1, MAX_CAST_BUTTONS))
+
+
+def cast_keyboard(sheet_id: str, labels: Sequence[str]) -> InlineKeyboardMarkup:
+    """One button per member on the sheet, in its order; three a row, as the sheet's tiles."""
+    builder = InlineKeyboardBuilder()
+    for number, label in enumerate(labels[:MAX_CAST_BUTTONS], start=1):
+        builder.button(text=label, callback_data=CastChoice(sheet=sheet_id, number=str(number)))
+    builder.adjust(3 if len(labels) <= 9 else 4)
+    return builder.as_markup()
+
+
 def movies_keyboard(movies: Sequence[MovieInfo]) -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     for m in movies:

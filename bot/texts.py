@@ -385,3 +385,31 @@ def bad_image(reason: str, position: int | None = None, total: int = 1) -> str:
     reason = reason.removeprefix("image: ")
     where = f"Screenshot {position} of {total}" if position is not None and total > 1 else "That screenshot"
     return f"{where} can't be used: {quote(reason, REASON_CHARS)}"
+
+
+# --- The cast (/cast): the movie's main people, found at index time ------------------------------
+def cast_caption(movie: str, shown: int) -> str:
+    return (f"The cast of {quote(movie, NAME_CHARS)}: the {shown} people with the most screen time, with their "
+            "screen time and share of the film. Tap a number to find that person's shots.")
+
+
+def cast_button(number: int, screen: str) -> str:
+    return f"{number} · {screen}"
+
+
+def cast_none(movie: str) -> str:
+    return f"No face was found in {quote(movie, NAME_CHARS)}, so it has no cast."
+
+
+def cast_unavailable(movie: str) -> str:
+    return (f"{quote(movie, NAME_CHARS)} has no cast yet: it was indexed before castfinder found casts, or "
+            "without faces. Ask whoever runs this bot to re-index this movie to get its cast.")
+
+
+def cast_started(number: int) -> str:
+    return f"Looking for person {number}…"
+
+
+def cast_expired() -> str:
+    """A cast button that is too old, from another chat, or of a movie re-indexed since."""
+    return "This cast sheet has expired. Send /cast again."

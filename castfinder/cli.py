@@ -83,13 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", parents=[flags, searching], help="find the shots a character appears in",
                        description="Search a movie with one or more screenshots of a character.")
-    p.add_argument("images", nargs="+", type=Path, help="screenshots of the character")
+    p.add_argument("images", nargs="*", type=Path, help="screenshots of the character")
     p.add_argument("--movie", required=True, help="name, slug or unambiguous prefix")
+    p.add_argument("--cast", type=int, metavar="N",
+                   help="search from cast member N (as numbered by `castfinder cast`) instead of screenshots")
     p.add_argument("--top", type=int, default=5, help="number of shots to return (default 5)")
     aggregation_flag(p)
     p.add_argument("--people", default="main",
                    help='whom to search for in each image: "main" (the most prominent person, default), '
                         '"all", or 1-based numbers such as "1,3" (see `castfinder people`)')
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+
+    p = sub.add_parser("cast", parents=[flags], help="the movie's main people, found at index time",
+                       description="The people of a movie, found by clustering its faces when it was indexed: "
+                                   "screen time, share of the film, shots, first appearance.")
+    p.add_argument("--movie", required=True, help="name, slug or unambiguous prefix")
+    p.add_argument("--top", type=int, default=12, help="how many people to list (default 12; the most screen time)")
+    p.add_argument("--save", type=Path, help="write a contact sheet of them here (JPEG)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
 
     p = sub.add_parser("people", parents=[flags], help="number the people in a screenshot")
@@ -272,6 +282,9 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.top < 1:
         return fail("--top must be at least 1", EXIT_USAGE)
+    if (args.cast is None) == (not args.images):
+        return fail("give images of the character (screenshots), or --cast N (a number of `castfinder cast`), not both",
+                    EXIT_USAGE)
     select = _parse_people(args.people)
     bars = _Bars(not args.quiet)
     with engine_output_to_stderr():
@@ -279,10 +292,15 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         # Before any model loads: fail fast on a typo. The index's own channels load on demand;
         # the engine checks the images (how many, regular files) before any work.
         info = engine.resolve_movie(args.movie)
+        channels = channel_list(args.search_channels) or None
         try:
-            response = engine.search(info, [QueryImage(p, select=select, name=str(p)) for p in args.images],
-                                     top=args.top, aggregation=args.aggregation,
-                                     channels=channel_list(args.search_channels) or None, progress=bars)
+            if args.cast is not None:
+                response = engine.search_identity(info, _cast_member(engine, info, args.cast).identity, top=args.top,
+                                                  aggregation=args.aggregation, channels=channels, progress=bars)
+            else:
+                response = engine.search(info, [QueryImage(p, select=select, name=str(p)) for p in args.images],
+                                         top=args.top, aggregation=args.aggregation, channels=channels,
+                                         progress=bars)
         finally:
             bars.close()
     if args.json:
@@ -309,6 +327,60 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     # Where the time went (the first search of a process includes loading the models).
     table.caption = " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in response.speed.items())
     out.print(table)
+    return 0
+
+
+def _cast_member(engine: Any, info: Any, number: int) -> Any:
+    """Cast member `number` (1-based, as `castfinder cast` prints them); exit 1 when there is none."""
+    members = engine.cast(info)
+    if not 1 <= number <= len(members):
+        raise SystemExit(fail(f"{info.name!r} has no cast member {number}; its cast has {len(members)} "
+                              f"(see castfinder cast --movie {info.slug})."))
+    return members[number - 1]
+
+
+def cmd_cast(args: argparse.Namespace, settings: Settings) -> int:
+    from castfinder.output import OutputError, check_target, write_file
+    from core import Engine, format_ts
+    from core.engine import format_duration
+
+    if args.top < 1:
+        return fail("--top must be at least 1", EXIT_USAGE)
+    try:
+        if args.save:
+            check_target(args.save, "--save")
+    except OutputError as exc:
+        return fail(str(exc))
+    engine = Engine(settings, load_models=False)  # the cast was found at index time: no model runs
+    info = engine.resolve_movie(args.movie)
+    members = engine.cast(info)
+    shown = members[: args.top]
+    if args.save:
+        try:
+            write_file(args.save, engine.cast_sheet(info, shown), "--save")
+        except OutputError as exc:
+            return fail(str(exc))
+    if args.json:
+        print_json({"movie": info.name, "duration_s": round(info.duration_s, 3), "members": len(members),
+                    "cast": [m.to_json() for m in shown], "sheet": str(args.save) if args.save else None})
+        return 0
+    if not members:
+        print(f"No face was found in {info.name!r}: it has no cast.")
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{info.name}: the cast ({len(members)} people; the first {len(shown)})")
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("#", "right"), ("screen time", "right"), ("share", "right"), ("shots", "right"), ("first seen", "left"))
+    for col, justify in columns:
+        table.add_column(col, justify=justify, no_wrap=True)
+    for m in shown:
+        table.add_row(str(m.number), format_duration(m.screen_s), f"{m.share:.0%}", str(len(m.shots)),
+                      format_ts(m.first_s, decimals=1))
+    table.caption = "search from one: castfinder search --movie NAME --cast N"
+    console().print(table)
+    if args.save:
+        print(f"Saved {args.save}")
     return 0
 
 
@@ -393,7 +465,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-COMMANDS = {"index": cmd_index, "movies": cmd_movies, "search": cmd_search, "people": cmd_people,
+COMMANDS = {"index": cmd_index, "movies": cmd_movies, "search": cmd_search, "cast": cmd_cast, "people": cmd_people,
             "models": cmd_models, "eval": eval_cmd.run}
 
 

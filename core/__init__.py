@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "Engine": ".engine",
     "AmbiguousMovieError": ".errors", "BadInputError": ".errors", "CastfinderError": ".errors",
+    "CastUnavailableError": ".errors", "CastMember": ".types",
     "DamagedIndexError": ".errors", "IndexCorruptError": ".errors", "ModelMismatchError": ".errors",
     "ModelNotFoundError": ".errors", "MovieNotFoundError": ".errors", "SettingsError": ".errors",
     "QueryImage": ".search.images",
@@ -27,7 +28,8 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "AmbiguousMovieError", "BadInputError", "CastfinderError", "DamagedIndexError", "DamagedMovie", "Engine",
+    "AmbiguousMovieError", "BadInputError", "CastMember", "CastUnavailableError", "CastfinderError",
+    "DamagedIndexError", "DamagedMovie", "Engine",
     "IndexCorruptError", "IndexReport", "ModelMismatchError", "ModelNotFoundError", "MovieInfo",
     "MovieNotFoundError", "Person", "Progress", "QueryImage", "RankedShot", "SearchResponse", "Settings",
     "SettingsError", "Shot", "ShotResult", "format_ts", "slugify",
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
         AmbiguousMovieError,
         BadInputError,
         CastfinderError,
+        CastUnavailableError,
         DamagedIndexError,
         IndexCorruptError,
         ModelMismatchError,
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
     from .search.images import QueryImage
     from .settings import Settings
     from .types import (
+        CastMember,
         DamagedMovie,
         IndexReport,
         MovieInfo,

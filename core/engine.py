@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import difflib
 import logging
+import shlex
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence, Sized
 
 import numpy as np
 from PIL import Image
 
-from .errors import AmbiguousMovieError, BadInputError, DamagedIndexError, MovieNotFoundError
+from .cast import SheetTile, draw_sheet
+from .errors import AmbiguousMovieError, BadInputError, CastUnavailableError, DamagedIndexError, MovieNotFoundError
 from .indexing.indexer import Indexer
 from .indexing.sources import check_source
 from .inputs import check_file
@@ -34,6 +37,7 @@ from .search.ranking import aggregate
 from .settings import Settings, load_settings
 from .store import IndexCatalog, IndexDamage, MovieIndex, damaged_movie, read_manifest, tidy_index_dir
 from .types import (
+    CastMember,
     DamagedMovie,
     IndexReport,
     MovieInfo,
@@ -249,24 +253,76 @@ class Engine:
         wanted = self._check_queries(queries)
         index = self.open_index(movie)
         use = _pick_channels(index.info.channels, channels)
-        if len(use) > 1 and method != "max":
-            raise BadInputError(
-                f"{method} aggregation works on one channel; with several ({', '.join(use)}) evidence "
-                "is fused per person. Use --aggregation max, or choose one channel with --channels."
-            )
+        _check_aggregation(use, method)
         speed = dict.fromkeys(_SEARCH_STAGES, 0.0)
         clock = time.perf_counter()
         crops, whole = self._query_crops(wanted, progress)
         speed["people"] = time.perf_counter() - clock
+        return self._respond(index, use, method, top, crops, speed, started, progress, whole=whole)
+
+    # -- the cast -------------------------------------------------------------------------
+    def cast(self, movie: str | MovieInfo) -> list[CastMember]:
+        """The people of `movie` found at index time (core/cast.py), the most screen time first.
+        Raises CastUnavailableError for an index without a cast (built before casts existed, or
+        without a face channel), with what to do."""
+        index = self.open_index(movie)
+        members = index.cast()
+        if members is None:
+            raise CastUnavailableError(_no_cast(index))
+        return members
+
+    def cast_sheet(self, movie: str | MovieInfo, members: Sequence[CastMember] | None = None) -> bytes:
+        """A JPEG contact sheet of the cast's first CASTFINDER_CAST_SHEET_SIZE members (or of
+        `members`): numbered portraits with their screen time and share of the film."""
+        index = self.open_index(movie)
+        shown = list(members) if members is not None else self.cast(index.info)[: self.settings.cast_sheet_size]
+        tiles = [SheetTile(m.number, _read_small(m.portrait), f"{format_duration(m.screen_s)} · {m.share:.0%}")
+                 for m in shown]
+        return draw_sheet(f"{index.info.name}: the cast", tiles)
+
+    def search_identity(
+        self,
+        movie: str | MovieInfo,
+        identity: int,
+        *,
+        top: int = 5,
+        aggregation: str | None = None,
+        channels: Sequence[str] | None = None,
+        progress: ProgressCallback = no_progress,
+    ) -> SearchResponse:
+        """The same search as `search`, seeded with a cast member's own face crops (the stored
+        vectors of at most CASTFINDER_CAST_SEEDS of them, in every channel) instead of
+        screenshots' people. `identity` is `CastMember.identity`."""
+        started = time.perf_counter()
+        method = aggregation or self.settings.aggregation
+        if top < 1:
+            raise BadInputError("--top must be at least 1.")
+        index = self.open_index(movie)
+        members = self.cast(index.info)
+        member = next((m for m in members if m.identity == identity), None)
+        if member is None:
+            raise BadInputError(f"{index.info.name!r} has no cast member {identity}; its cast has "
+                                f"{len(members)} (see castfinder cast --movie {shlex.quote(index.info.name)}).")
+        use = _pick_channels(index.info.channels, channels)
+        _check_aggregation(use, method)
+        speed = dict.fromkeys(_SEARCH_STAGES, 0.0)
+        seeds = _seed_crops(index, member, self.settings.cast_seeds)
+        return self._respond(index, use, method, top, Seeds(seeds), speed, started, progress)
+
+    def _respond(self, index: MovieIndex, use: list[str], method: str, top: int, queries: list[Image.Image] | Seeds,
+                 speed: dict[str, float], started: float, progress: ProgressCallback, *, whole: int = 0
+                 ) -> SearchResponse:
+        """Hits, ranking and results: one path for screenshots and cast members alike."""
         progress(Progress("search", 0, 1, "step"))
-        hits = self._hits(index, use, crops, speed)
+        hits = self._hits(index, use, queries, speed)
         clock = time.perf_counter()
         ranked = self._rank(index, hits, use, method)
         results = self._results(index, ranked[:top])
         speed["rank"] = time.perf_counter() - clock
         progress(Progress("search", 1, 1, "step"))
+        count = len(queries.crop_ids) if isinstance(queries, Seeds) else len(queries)
         return SearchResponse(
-            movie=index.info.name, slug=index.info.slug, results=results, query_crops=len(crops),
+            movie=index.info.name, slug=index.info.slug, results=results, query_crops=count,
             whole_image_queries=whole, aggregation=method, elapsed_s=time.perf_counter() - started,
             speed=speed,
         )
@@ -312,16 +368,21 @@ class Engine:
             progress(Progress("people", n, len(queries), "image"))
         return crops, whole
 
-    def _hits(self, index: MovieIndex, use: list[str], crops: list[Image.Image], speed: dict[str, float]) -> Hits:
-        """Per channel, the FAISS hits of the crops' vectors (one row per crop); adds the seconds
-        spent embedding and searching to `speed`."""
+    def _hits(self, index: MovieIndex, use: list[str], queries: list[Image.Image] | Seeds,
+              speed: dict[str, float]) -> Hits:
+        """Per channel, the FAISS hits of the queries' vectors (one row per query crop): query
+        crops embedded with the index's models, or a cast member's stored vectors. Adds the
+        seconds spent embedding and searching to `speed`."""
         hits: Hits = {}
         for name in use:
             clock = time.perf_counter()
-            encoded = self.channel_for(name, index.channel(name).model).encode(crops)
+            if isinstance(queries, Seeds):
+                vectors = queries.vectors(index, name)
+            else:
+                vectors = self.channel_for(name, index.channel(name).model).encode(queries).vectors
             speed["embed"] += time.perf_counter() - clock
             clock = time.perf_counter()
-            hits[name] = index.search(name, encoded.vectors, self.settings.search_k)
+            hits[name] = index.search(name, vectors, self.settings.search_k)
             speed["search"] += time.perf_counter() - clock
         return hits
 
@@ -357,6 +418,82 @@ class Engine:
 
 
 _SEARCH_STAGES = ("people", "embed", "search", "rank")
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """A cast member's crops, standing in for query crops: their stored vectors in each channel."""
+
+    crop_ids: np.ndarray
+
+    def vectors(self, index: MovieIndex, channel: str) -> np.ndarray:
+        dim = index.channel(channel).dim
+        got = index.vectors(channel, self.crop_ids) if len(self.crop_ids) else None
+        # A body channel holds every crop; a channel that cannot give vectors back searches nothing.
+        return got if got is not None else np.zeros((0, dim), np.float32)
+
+
+def _seed_crops(index: MovieIndex, member: CastMember, limit: int) -> np.ndarray:
+    """At most `limit` of the member's face crops: those nearest its mean face, one per track
+    before a second of any track (as several screenshots are of several moments)."""
+    crops = np.asarray(member.crops, dtype=np.int64)
+    face = next((n for n in index.info.channels if index.channel(n).kind == "face"), None)
+    if face is None or not len(crops):
+        return crops[:limit]
+    vectors = index.vectors(face, crops)
+    if vectors is None:
+        return crops[:limit]
+    centre = vectors.mean(axis=0)
+    closeness = vectors @ (centre / max(float(np.linalg.norm(centre)), 1e-12))
+    order = np.argsort(-closeness, kind="stable")
+    tracks = index.crop_track[crops[order]]
+    # Rank within its track first (0 for each track's best), then closeness.
+    taken: dict[int, int] = {}
+    turn = np.zeros(len(order), np.int64)
+    for i, track in enumerate(tracks.tolist()):
+        turn[i] = taken.get(track, 0)
+        taken[track] = int(turn[i]) + 1
+    picked = order[np.lexsort((np.arange(len(order)), turn))][:limit]
+    return crops[np.sort(picked)]
+
+
+def _check_aggregation(use: list[str], method: str) -> None:
+    if len(use) > 1 and method != "max":
+        raise BadInputError(
+            f"{method} aggregation works on one channel; with several ({', '.join(use)}) evidence "
+            "is fused per person. Use --aggregation max, or choose one channel with --channels."
+        )
+
+
+def _no_cast(index: MovieIndex) -> str:
+    """Why an index has no cast, and what to do."""
+    name = index.info.name
+    command = f"castfinder index {shlex.quote(index.manifest.source.path)} --movie {shlex.quote(name)}"
+    if not any(index.channel(n).kind == "face" for n in index.info.channels):
+        return (f"{name!r} was indexed without a face channel, so it has no cast (bodies tell clothes apart "
+                f"better than people); re-index this movie with faces to get its cast: {command} --channels face,reid")
+    return f"{name!r} was indexed before castfinder found casts; re-index this movie to get its cast: {command}"
+
+
+def format_duration(seconds: float) -> str:
+    """Screen time for people: "45 s", "2:05", "1:02:05"."""
+    total = int(round(seconds))
+    if total < 60:
+        return f"{total} s"
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _read_small(path: str | None) -> bytes | None:
+    """A portrait's bytes (a few kB; None when missing or unreadable)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4_000_000)
+    except OSError:
+        return None
 
 
 def _pick_channels(available: Sequence[str], wanted: Sequence[str] | None) -> list[str]:

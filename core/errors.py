@@ -82,3 +82,7 @@ class SettingsError(CastfinderError):
 class StorageError(CastfinderError):
     """The disk failed a write while indexing (full, read-only, not permitted, a file-size limit,
     an I/O error); the message names the cause, the fix and what became of the build."""
+
+
+class CastUnavailableError(CastfinderError):
+    """The index holds no cast: built before casts existed, or without a face channel."""

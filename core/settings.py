@@ -165,6 +165,17 @@ class Settings(BaseSettings):
 
     faiss_index: FaissKind = "flat"
     thumbnail_px: int = Field(480, ge=64, le=2048)
+    # The cast (core/cast.py): face tracks whose mean faces are closer than this cosine distance,
+    # on average over the two groups, are one identity. Measured on the development clips
+    # (docs/EVALUATION.md, "The cast").
+    cast_threshold: float = Field(0.8, gt=0.0, le=2.0)
+
+    # The cast, online: a search from a cast member starts from at most this many of its face
+    # crops (nearest its mean face, one per track first), as a search takes at most
+    # MAX_QUERY_IMAGES screenshots ...
+    cast_seeds: int = Field(10, ge=1, le=100)
+    # ... and a contact sheet shows at most this many members (the most screen time first).
+    cast_sheet_size: int = Field(12, ge=1, le=24)
 
     # Search.
     search_k: int = Field(500, ge=1, le=10_000)

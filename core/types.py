@@ -99,6 +99,28 @@ class SearchResponse:
 
 
 @dataclass(frozen=True)
+class CastMember:
+    """One identity of a movie's cast, found at index time by clustering its face tracks
+    (core/cast.py). `number` is its place in the cast list (1 = the most screen time)."""
+
+    number: int  # 1-based, by screen time (ties: first appearance)
+    identity: int  # the stable id stored in the index (`Engine.search_identity` takes either)
+    screen_s: float  # the summed durations of the shots the identity appears in
+    share: float  # screen_s over the movie's duration (0-1)
+    shots: tuple[int, ...]  # Shot.id of every shot it appears in, in time order
+    first_s: float  # when it is first seen (its earliest crop's frame time)
+    tracks: int  # how many face tracks were clustered into it
+    crops: tuple[int, ...]  # the crop ids (FAISS ids) of its face vectors: what a search from it starts with
+    portrait: str | None  # absolute path of its representative face crop (JPEG), None if missing
+
+    def to_json(self) -> dict:
+        """The stable form printed by `castfinder cast --json`."""
+        return {"number": self.number, "identity": self.identity, "screen_s": round(self.screen_s, 3),
+                "share": round(self.share, 4), "shots": len(self.shots), "shot_ids": list(self.shots),
+                "first_s": round(self.first_s, 3), "tracks": self.tracks, "portrait": self.portrait}
+
+
+@dataclass(frozen=True)
 class MovieInfo:
     slug: str
     name: str

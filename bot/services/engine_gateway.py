@@ -9,7 +9,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
-from core import MovieInfo, MovieNotFoundError, Person, Progress, QueryImage, SearchResponse
+from core import CastMember, MovieInfo, MovieNotFoundError, Person, Progress, QueryImage, SearchResponse, Settings
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,12 @@ class EngineLike(Protocol):
     def annotate_people(self, image: Any, people: Sequence[Person]) -> bytes: ...
     def search(self, movie: Any, queries: Any, *, top: int = 5, aggregation: str | None = None,
                progress: Callable[[Progress], None] = ...) -> SearchResponse: ...
+    settings: Settings
+
+    def cast(self, movie: Any) -> list[CastMember]: ...
+    def cast_sheet(self, movie: Any, members: Sequence[CastMember] | None = None) -> bytes: ...
+    def search_identity(self, movie: Any, identity: int, *, top: int = 5, aggregation: str | None = None,
+                        progress: Callable[[Progress], None] = ...) -> SearchResponse: ...
 
 
 def movie_key(slug: str) -> str:
@@ -94,14 +100,26 @@ class EngineGateway:
     async def annotate(self, image: Any, people: Sequence[Person]) -> bytes:
         return await self._heavy(self.engine.annotate_people, image, list(people))
 
+    async def cast_sheet(self, movie: MovieInfo, limit: int) -> tuple[list[CastMember], bytes | None]:
+        """The movie's cast (raises CastUnavailableError) and a contact sheet of the members
+        shown: the first CASTFINDER_CAST_SHEET_SIZE, at most `limit`. Returns those members only."""
+
+        def work() -> tuple[list[CastMember], bytes | None]:
+            members = self.engine.cast(movie)
+            shown = members[: min(limit, self.engine.settings.cast_sheet_size)]
+            return shown, self.engine.cast_sheet(movie, shown) if shown else None
+
+        return await self._heavy(work)
+
     async def search(
         self,
         movie: MovieInfo,
-        queries: list[QueryImage],
+        queries: list[QueryImage] | int,
         *,
         top: int,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> SearchResponse:
+        """A search from screenshots, or (`queries` an int: a `CastMember.identity`) from a cast member."""
         loop = asyncio.get_running_loop()
 
         def progress(event: Progress) -> None:
@@ -112,6 +130,9 @@ class EngineGateway:
                 except RuntimeError:  # the loop closed between the check and the call
                     pass
 
+        if isinstance(queries, int):
+            identity = queries
+            return await self._heavy(lambda: self.engine.search_identity(movie, identity, top=top, progress=progress))
         return await self._heavy(lambda: self.engine.search(movie, queries, top=top, progress=progress))
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Literal
 
 from aiogram import Bot
@@ -87,6 +87,7 @@ class QueryContext:
     record: QueryRecord
     notes: tuple[str, ...] = ()
     chosen: ChosenPeople | None = None  # None: find the people in the screenshots
+    identity: int | None = None  # a cast member (CastMember.identity) searched instead of screenshots
 
     @property
     def target(self) -> ReplyTarget:
@@ -162,6 +163,20 @@ class QueryService:
 
         await self._serve(bot, req, rec, context)
 
+    async def run_cast(self, bot: Bot, req: QueryRequest, movie_slug: str, build_id: str, identity: int) -> None:
+        """Search from a cast member tapped on a /cast sheet: answered as a screenshot is."""
+        rec = self._record(req)
+        rec.movie_slug = movie_slug
+
+        async def context() -> QueryContext:
+            movie = await self._movie_by_slug(movie_slug, None)
+            if movie.build_id != build_id:  # re-indexed since the sheet: its numbers mean others now
+                raise QueryRefused(texts.cast_expired(), "expired")
+            chat = await self.storage.chat(req.target.chat_id)
+            return replace(self._context(bot, req, movie, chat.topk, rec), identity=identity)
+
+        await self._serve(bot, req, rec, context)
+
     # -- the work -------------------------------------------------------------------------
     async def _serve(
         self, bot: Bot, req: QueryRequest, rec: QueryRecord, context: Callable[[], Awaitable[QueryContext]]
@@ -199,23 +214,28 @@ class QueryService:
     async def _run(self, ctx: QueryContext) -> None:
         ticket = self._enter(ctx.user_id)
         status, count = ctx.status, len(ctx.images)
+        # A cast member has nothing to download: its vectors are in the index.
+        first = texts.status_searching(ctx.movie.name) if ctx.identity is not None else texts.status_downloading(count)
         try:
             async with ticket:
                 if ticket.position:
                     await status.start(texts.status_queued(ticket.position))
                     await ticket.wait(lambda pos: status.update(texts.status_queued(pos)))
-                    status.update(texts.status_downloading(count))
+                    status.update(first)
                 else:
-                    await status.start(texts.status_downloading(count))
+                    await status.start(first)
                 async with chat_action(ctx.bot, ctx.target.chat_id, thread_id=ctx.target.thread_id):
-                    # The downloaded bytes are not kept in this frame: once decoded they are freed
-                    # (an album may be ten files of up to 20 MB), not held through the search.
-                    queries = await self._prepare(ctx, await self._download(ctx))
-                    if queries is None:
-                        return
                     # Stored for "More"; never fewer than one page.
                     top = max(self.settings.max_results, ctx.topk)
-                    response = await self._search(ctx, queries, top)
+                    if ctx.identity is not None:
+                        response = await self._search(ctx, ctx.identity, top)
+                    else:
+                        # The downloaded bytes are not kept in this frame: once decoded they are freed
+                        # (an album may be ten files of up to 20 MB), not held through the search.
+                        queries = await self._prepare(ctx, await self._download(ctx))
+                        if queries is None:
+                            return
+                        response = await self._search(ctx, queries, top)
                     await self._answer(ctx, response)
         except asyncio.CancelledError:
             await status.close(final_text=texts.cancelled_by_shutdown())
@@ -264,8 +284,9 @@ class QueryService:
         )
         await target.photo(ctx.bot, annotated, texts.pick_person(len(people)), people_keyboard(pick.id, len(people)))
 
-    async def _search(self, ctx: QueryContext, queries: list[QueryImage], top: int) -> SearchResponse:
-        total, status, movie = len(queries), ctx.status, ctx.movie
+    async def _search(self, ctx: QueryContext, queries: list[QueryImage] | int, top: int) -> SearchResponse:
+        """Screenshots' people, or (an int) a cast member's identity: one search path."""
+        total, status, movie = (1 if isinstance(queries, int) else len(queries)), ctx.status, ctx.movie
 
         def on_progress(event: Progress) -> None:
             # A single screenshot's people were found before the search (to offer the picker);

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkabl
 import numpy as np
 from PIL import Image
 
+from .. import cast
 from ..errors import BadInputError
 from ..geometry import Box, crop_box
 from ..models.channels import Channel, Encoded
@@ -211,6 +212,9 @@ class Indexer:
                 for channel, calib in writer.calibrate(calibration.fit).items():
                     plan = draft.channels[channel]
                     plan.calibration = calibration.with_link(calib, plan.kind).to_json()
+                face = next((c.name for c in self.channels if c.kind == "face"), None)
+                if face is not None:  # without faces there is no cast (core/cast.py says why)
+                    writer.write_cast(face, s.cast_threshold)
                 final = writer.commit(draft, s.faiss_index)
                 progress(Progress("write", 1, 1, "index"))
         except BaseException as exc:
@@ -331,8 +335,24 @@ class Indexer:
         kept = np.flatnonzero(keep)
         vectors, faces = self._encode_kept(build.timer, batch, kept, primary)
         rows = [replace(batch.rows[i], track_id=track_ids[i]) for i in kept]
-        build.writer.add_crops(rows, vectors, faces)
+        ids = build.writer.add_crops(rows, vectors, faces)
+        self._keep_portraits(build.writer, batch, kept, rows, ids, faces)
         return keep
+
+    @staticmethod
+    def _keep_portraits(writer: IndexWriter, batch: _Batch, kept: np.ndarray, rows: list[CropRow],
+                        ids: np.ndarray, faces: list[Face]) -> None:
+        """Each face track's largest face, kept as a portrait for the cast (encoded only when it
+        beats the track's portrait so far: a few per track)."""
+        if not faces:
+            return
+        frames = {(f.shot_id, f.frame_index): f.image for f in batch.frames}
+        for local, box in faces:
+            row = rows[local]
+            area = float((box[2] - box[0]) * (box[3] - box[1]))
+            frame = frames.get((row.shot_id, row.frame_index))
+            if frame is not None and writer.wants_portrait(row.track_id, area):
+                writer.add_portrait(row.track_id, int(ids[local]), area, cast.portrait(frame, box))
 
     def _encode_primary(self, timer: StageTimer, crops: list[Image.Image]) -> np.ndarray | None:
         """Every crop's vector in the primary channel (None without one)."""

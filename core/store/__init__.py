@@ -4,7 +4,9 @@
   last, so its presence with `"complete": true` is what makes an index loadable;
 - `meta.sqlite`: shots and crops (every vector's shot, frame time, box, detection score);
 - `<channel>.faiss`: one FAISS index per embedding channel, vector ids = crop ids;
-- `thumbs/shot_<id>.jpg`: one thumbnail per shot.
+- `thumbs/shot_<id>.jpg`: one thumbnail per shot;
+- `cast/member_<n>.jpg`: the portraits of the cast (core/cast.py; its members are tables of
+  `meta.sqlite`), in indexes built with a face channel since casts exist.
 
 A folder with a manifest that fails validation, or whose files are not those the manifest
 describes (health.py: sizes, FAISS headers, SQLite tables, crop ids; checked cheaply on every

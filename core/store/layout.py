@@ -6,6 +6,7 @@ META = "meta.sqlite"
 CHECKPOINT = "checkpoint.json"
 VECTORS = "vectors"
 THUMBS = "thumbs"
+CAST = "cast"  # the cast's portraits, cast/member_<n>.jpg (optional: older indexes have none)
 # A build's lock: the building process holds flock(2) on this file in its build folder for the
 # build's whole life (so a crashed process holds nothing); it also says who builds (pid, then the
 # movie's name, one a line) for the messages of a run that finds it busy.

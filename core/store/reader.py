@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DamagedIndexError, IndexCorruptError
 from ..search.calibration import Calibration
-from ..types import DamagedMovie, MovieInfo, Shot
+from ..types import CastMember, DamagedMovie, MovieInfo, Shot
 from .health import check_files, regular_size
 from .layout import META
 from .locks import index_dir_lock
@@ -204,6 +204,7 @@ class MovieIndex:
                 self.thumbnails[shot.id] = thumb if thumb is not None and thumb.is_relative_to(root) else None
             rows = db.execute("SELECT id, shot_id, frame_s, x1, y1, x2, y2, track_id FROM crops ORDER BY id").fetchall()
             faces = db.execute("SELECT crop_id, x1, y1, x2, y2 FROM faces").fetchall()
+            self._load_cast(db, root)
         finally:
             db.close()
         table = np.asarray(rows, dtype=np.float64).reshape(-1, 8)
@@ -217,23 +218,54 @@ class MovieIndex:
             raise IndexDamage(f"{META}: a crop belongs to a shot that does not exist")
         self.face_box = {int(r[0]): tuple(r[1:]) for r in faces}
 
+    def _load_cast(self, db: sqlite3.Connection, root: Path) -> None:
+        """The cast's rows (core/cast.py), or None for an index built before casts existed or
+        without a face channel. A cast that does not hold together is damage, like any table."""
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self.cast_rows: list[tuple[int, float, float, Path | None]] | None = None
+        self.track_identity: dict[int, int] = {}
+        if not {"cast_members", "cast_tracks"} <= tables:
+            return
+        rows = []
+        for ident, screen, first, portrait in db.execute(
+                "SELECT id, screen_s, first_s, portrait FROM cast_members ORDER BY id"):
+            path = (root / portrait).resolve() if isinstance(portrait, str) else None
+            rows.append((int(ident), float(screen), float(first),
+                         path if path is not None and path.is_relative_to(root) else None))
+        self.cast_rows = rows
+        known = {r[0] for r in rows}
+        for track, ident in db.execute("SELECT track_id, identity_id FROM cast_tracks"):
+            if ident not in known:
+                raise IndexDamage(f"{META}: a cast track belongs to a member that does not exist")
+            self.track_identity[int(track)] = int(ident)
+
+    def cast(self) -> list[CastMember] | None:
+        """The cast, the most screen time first (ties: who is seen first); None when the index
+        has none (see `_load_cast`)."""
+        if self.cast_rows is None:
+            return None
+        # The crops with a face vector: what a search from a member starts with.
+        face = next((name for name, spec in self.manifest.channels.items() if spec.kind == "face"), None)
+        held = _faiss_ids(self.faiss[face]) if face is not None else None
+        face_crops = np.unique(held) if held is not None else np.zeros(0, np.int64)
+        duration = max(self.info.duration_s, 1e-9)
+        members = []
+        for ident, screen, first, portrait in self.cast_rows:
+            tracks = [t for t, i in self.track_identity.items() if i == ident]
+            mine = np.isin(self.crop_track, tracks)
+            shots = tuple(int(s) for s in np.unique(self.crop_shot[mine]))
+            crops = tuple(int(c) for c in face_crops[mine[face_crops]]) if len(face_crops) else ()
+            members.append((ident, screen, first, shots, len(tracks), crops, portrait))
+        members.sort(key=lambda m: (-m[1], m[2], m[0]))
+        return [CastMember(number=n, identity=ident, screen_s=screen, share=min(1.0, screen / duration),
+                           shots=shots, first_s=first, tracks=tracks, crops=crops,
+                           portrait=_whole_jpeg(portrait))
+                for n, (ident, screen, first, shots, tracks, crops, portrait) in enumerate(members, start=1)]
+
     def thumbnail(self, shot_id: int) -> str | None:
         """The shot's thumbnail, or None when its file is missing, outside the index or not a
         whole JPEG (it must begin with SOI and end with EOI: 2 reads of 2 bytes, no decoding)."""
-        path = self.thumbnails.get(shot_id)
-        if path is None:
-            return None
-        try:
-            size = regular_size(path)
-            if size < 4:
-                return None
-            with open(path, "rb") as fh:
-                start = fh.read(2)
-                fh.seek(-2, os.SEEK_END)
-                end = fh.read(2)
-        except (IndexDamage, OSError):
-            return None
-        return str(path) if (start, end) == (_JPEG_START, _JPEG_END) else None
+        return _whole_jpeg(self.thumbnails.get(shot_id))
 
     def channel(self, name: str) -> ChannelSpec:
         """What the manifest says of channel `name` (its model, kind, dim, …); KeyError if the index lacks it."""
@@ -259,6 +291,24 @@ class MovieIndex:
             params = faiss.SearchParametersHNSW(efSearch=max(k, HNSW_EF_SEARCH_MIN))  # type: ignore[attr-defined]
             return index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
         return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+def _whole_jpeg(path: Path | None) -> str | None:
+    """`path` as a string when it is a whole JPEG (it begins with SOI and ends with EOI: 2 reads
+    of 2 bytes, no decoding), else None: a damaged picture costs the picture, not the answer."""
+    if path is None:
+        return None
+    try:
+        size = regular_size(path)
+        if size < 4:
+            return None
+        with open(path, "rb") as fh:
+            start = fh.read(2)
+            fh.seek(-2, os.SEEK_END)
+            end = fh.read(2)
+    except (IndexDamage, OSError):
+        return None
+    return str(path) if (start, end) == (_JPEG_START, _JPEG_END) else None
 
 
 def _load_faiss(folder: Path, spec: ChannelSpec, crops: int) -> faiss.Index:

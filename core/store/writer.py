@@ -13,7 +13,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 import faiss
 import numpy as np
@@ -23,10 +23,13 @@ from pydantic import JsonValue
 from ..errors import BadInputError
 from ..naming import same_movie_name
 from ..types import BBox, Shot
-from .layout import BUILDING_PREFIX, CHECKPOINT, FORMAT_VERSION, MANIFEST, META, OLD_PREFIX, PID, THUMBS, VECTORS
+from .layout import BUILDING_PREFIX, CAST, CHECKPOINT, FORMAT_VERSION, MANIFEST, META, OLD_PREFIX, PID, THUMBS, VECTORS
 from .locks import BuildLock, build_holder, index_dir_lock
 from .manifest import IndexDamage, Manifest, ManifestDraft, read_manifest, read_manifest_json, write_json_durably
 from .recovery import tidy_locked
+
+if TYPE_CHECKING:
+    from ..cast import Identity
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,33 @@ CREATE TABLE faces (
 );
 """
 
+# While building: each face track's largest face so far, as a portrait JPEG (core/cast.py), kept in
+# the database so that it is checkpointed with the crops. Dropped at the end, once the cast's
+# portraits are written as files. (IF NOT EXISTS: a build resumed from older code lacks it.)
+_BUILD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS track_faces (
+    track_id INTEGER PRIMARY KEY,
+    crop_id INTEGER NOT NULL,
+    area REAL NOT NULL,
+    jpeg BLOB NOT NULL
+);
+"""
+
+# The cast (core/cast.py), written at the end of a build with a face channel. Optional: an index
+# without these tables has no cast ("re-index this movie to get its cast").
+_CAST_SCHEMA = """
+CREATE TABLE cast_members (
+    id INTEGER PRIMARY KEY,
+    screen_s REAL NOT NULL,
+    first_s REAL NOT NULL,
+    portrait TEXT
+);
+CREATE TABLE cast_tracks (
+    track_id INTEGER PRIMARY KEY,
+    identity_id INTEGER NOT NULL REFERENCES cast_members(id)
+);
+"""
+
 
 @dataclass(frozen=True)
 class CropRow:
@@ -77,6 +107,24 @@ class CropRow:
     bbox: tuple[float, float, float, float]
     det_score: float
     track_id: int = -1  # assigned by the tracker
+
+
+def _pick_portrait(identity: "Identity", portraits: dict[int, tuple[float, bytes]], crop_track: np.ndarray,
+                   vecs: np.ndarray, vec_of: dict[int, int]) -> int | None:
+    """The track whose portrait shows the identity: among its tracks with a portrait whose face is
+    at least half as large as its largest, the one whose faces are nearest the identity's centroid
+    (a big face of a look-alike or a blur is not the one to show)."""
+    have = [t for t in identity.tracks if t in portraits]
+    if not have:
+        return None
+    largest = max(portraits[t][0] for t in have)
+    big = [t for t in have if portraits[t][0] >= largest / 2]
+
+    def closeness(track: int) -> float:
+        rows = [vec_of[int(c)] for c in identity.face_crops if crop_track[int(c)] == track and int(c) in vec_of]
+        return float(np.mean(vecs[rows] @ identity.centroid)) if rows else -1.0
+
+    return max(big, key=lambda t: (closeness(t), portraits[t][0]))
 
 
 def _busy_message(name: str, slug: str, pid: int | None, other: str | None) -> str:
@@ -233,6 +281,7 @@ class IndexWriter:
         self.resumed: Checkpoint | None = None
         self._files: dict[str, _VectorFile] = {}
         self._next_crop = 0
+        self._portrait_area: dict[int, float] = {}  # track id -> area of its portrait's face so far
         self._lock = BuildLock(self.tmp)
         self.db: sqlite3.Connection | None = None
         index_dir.mkdir(parents=True, exist_ok=True)
@@ -256,6 +305,7 @@ class IndexWriter:
             self.db = sqlite3.connect(self.tmp / META)
             if fresh:
                 self.db.executescript(_SCHEMA)
+            self.db.executescript(_BUILD_SCHEMA)
         except BaseException:
             self.abort()
             raise
@@ -270,6 +320,7 @@ class IndexWriter:
         self._files = {name: _VectorFile(self.tmp / VECTORS, name, dim) for name, dim in dims.items()}
         if self.resumed is not None:
             self._rewind(self.resumed)
+        self._portrait_area = dict(self._conn().execute("SELECT track_id, area FROM track_faces").fetchall())
 
     def _claim_or_clear(self, replace: bool) -> None:
         """Refuse when a live process builds this slug, or when the slug's folder holds another
@@ -312,6 +363,7 @@ class IndexWriter:
         """Back to the checkpoint: what a killed run wrote after it goes."""
         db = self._conn()
         db.execute("DELETE FROM faces WHERE crop_id >= ?", (checkpoint.crops,))
+        db.execute("DELETE FROM track_faces WHERE crop_id >= ?", (checkpoint.crops,))
         db.execute("DELETE FROM crops WHERE id >= ?", (checkpoint.crops,))
         db.execute("DELETE FROM shots WHERE id > ?", (checkpoint.done_shot,))
         db.commit()
@@ -345,7 +397,7 @@ class IndexWriter:
         )
 
     def add_crops(self, rows: list[CropRow], vectors: dict[str, tuple[np.ndarray, np.ndarray]],
-                  faces: Sequence[tuple[int, BBox]] = ()) -> None:
+                  faces: Sequence[tuple[int, BBox]] = ()) -> np.ndarray:
         """`vectors`: per channel, the vectors and which of `rows` they belong to (a face channel
         covers only the crops with a face); `faces`: (row, face box in frame pixels)."""
         ids = np.arange(self._next_crop, self._next_crop + len(rows), dtype=np.int64)
@@ -359,6 +411,50 @@ class IndexWriter:
         db.executemany("INSERT INTO faces VALUES (?,?,?,?,?)", [(int(ids[row]), *box) for row, box in faces])
         for channel, (vecs, which) in vectors.items():
             self._files[channel].append(vecs, ids[np.asarray(which, dtype=np.int64)])
+        return ids
+
+    def wants_portrait(self, track_id: int, area: float) -> bool:
+        """Whether a face of `area` px² beats the track's portrait so far (encode it only then)."""
+        return area > self._portrait_area.get(track_id, 0.0)
+
+    def add_portrait(self, track_id: int, crop_id: int, area: float, jpeg: bytes) -> None:
+        """The track's portrait, replacing a smaller one."""
+        self._portrait_area[track_id] = area
+        self._conn().execute("INSERT OR REPLACE INTO track_faces VALUES (?,?,?,?)", (track_id, crop_id, area, jpeg))
+
+    def write_cast(self, channel: str, threshold: float) -> int:
+        """Cluster the face tracks of `channel` into the cast (core/cast.py) and store it: the
+        tables `cast_members` and `cast_tracks`, and a portrait per member in cast/. Returns how
+        many members were found."""
+        from ..cast import find_identities
+
+        db = self._conn()
+        db.commit()
+        crops = np.asarray(db.execute("SELECT shot_id, frame_s, track_id FROM crops ORDER BY id").fetchall(),
+                           dtype=np.float64).reshape(-1, 3)
+        durations = dict(db.execute("SELECT id, end_s - start_s FROM shots").fetchall())
+        vecs, ids = self._files[channel].read()
+        crop_track = crops[:, 2].astype(np.int64)
+        identities = find_identities(vecs, ids, crop_track, threshold)
+        portraits = {int(t): (float(area), bytes(jpeg)) for t, area, jpeg in
+                     db.execute("SELECT track_id, area, jpeg FROM track_faces")}
+        db.executescript(_CAST_SCHEMA)
+        (self.tmp / CAST).mkdir(exist_ok=True)
+        vec_of = dict(zip(ids.tolist(), range(len(ids))))
+        for number, identity in enumerate(identities, start=1):
+            in_tracks = np.isin(crop_track, identity.tracks)
+            shots = np.unique(crops[in_tracks, 0].astype(np.int64))
+            screen = float(sum(durations.get(int(s), 0.0) for s in shots))
+            first = float(crops[in_tracks, 1].min())
+            name = _pick_portrait(identity, portraits, crop_track, vecs, vec_of)
+            path = None
+            if name is not None:
+                path = f"{CAST}/member_{number:04d}.jpg"
+                (self.tmp / path).write_bytes(portraits[name][1])
+            db.execute("INSERT INTO cast_members VALUES (?,?,?,?)", (number, screen, first, path))
+            db.executemany("INSERT INTO cast_tracks VALUES (?,?)", [(t, number) for t in identity.tracks])
+        db.commit()
+        return len(identities)
 
     def calibrate(self, fit: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], T]) -> dict[str, T]:
         """Per channel, `fit(vectors, frames, boxes, shots)` over everything added so far."""
@@ -380,7 +476,10 @@ class IndexWriter:
         the writer knows) and swap the folder into place; returns the index's folder. Until the
         manifest is written the checkpoint stays, so a disk fault here leaves a build to resume."""
         db = self._conn()
+        # The portraits were for the cast: written as files by now, or never needed.
+        db.execute("DROP TABLE IF EXISTS track_faces")
         db.commit()
+        db.execute("VACUUM")
         db.close()
         self.db = None
         channels: dict[str, JsonValue] = {}
