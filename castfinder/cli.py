@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='whom to search for in each image: "main" (the most prominent person, default), '
                         '"all", or 1-based numbers such as "1,3" (see `castfinder people`)')
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--timeline", type=Path, metavar="PNG",
+                   help="also write the character's screen-time timeline over the whole film here (PNG)")
 
     p = sub.add_parser("people", parents=[flags], help="number the people in a screenshot")
     p.add_argument("image", type=Path)
@@ -273,6 +275,13 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     if args.top < 1:
         return fail("--top must be at least 1", EXIT_USAGE)
     select = _parse_people(args.people)
+    if args.timeline:
+        from castfinder.output import OutputError, check_target
+
+        try:
+            check_target(args.timeline, "--timeline")  # before any model loads: a typo fails at once
+        except OutputError as exc:
+            return fail(str(exc))
     bars = _Bars(not args.quiet)
     with engine_output_to_stderr():
         engine = Engine(settings, load_models=False)
@@ -285,6 +294,8 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
                                      channels=channel_list(args.search_channels) or None, progress=bars)
         finally:
             bars.close()
+    if args.timeline and _save_timeline(engine, response, args.timeline, sys.stderr if args.json else sys.stdout):
+        return EXIT_ERROR
     if args.json:
         print_json(response.to_json())
         return 0
@@ -310,6 +321,23 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     table.caption = " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in response.speed.items())
     out.print(table)
     return 0
+
+
+def _save_timeline(engine: Any, response: Any, path: Path, out: Any) -> bool:
+    """Write the timeline picture and print its summary line; True when it could not be written
+    (the message is printed)."""
+    from castfinder.output import OutputError, write_file
+    from core.search.timeline import summary_line
+
+    try:
+        write_file(path, engine.timeline_png(response), "--timeline")
+    except OutputError as exc:
+        fail(str(exc))
+        return True
+    if response.timeline is not None:
+        print(f"Screen time: {summary_line(response.timeline)} (the matched shots' lengths added up)", file=out)
+    print(f"Saved {path}", file=out)
+    return False
 
 
 def cmd_people(args: argparse.Namespace, settings: Settings) -> int:

@@ -24,13 +24,14 @@ _EXPORTS = {
     "Settings": ".settings",
     "DamagedMovie": ".types", "IndexReport": ".types", "MovieInfo": ".types", "Person": ".types", "Progress": ".types",
     "RankedShot": ".types", "SearchResponse": ".types", "Shot": ".types", "ShotResult": ".types",
+    "Timeline": ".types", "TimelineShot": ".types",
 }
 
 __all__ = [
     "AmbiguousMovieError", "BadInputError", "CastfinderError", "DamagedIndexError", "DamagedMovie", "Engine",
     "IndexCorruptError", "IndexReport", "ModelMismatchError", "ModelNotFoundError", "MovieInfo",
     "MovieNotFoundError", "Person", "Progress", "QueryImage", "RankedShot", "SearchResponse", "Settings",
-    "SettingsError", "Shot", "ShotResult", "format_ts", "slugify",
+    "SettingsError", "Shot", "ShotResult", "Timeline", "TimelineShot", "format_ts", "slugify",
 ]
 
 
@@ -73,4 +74,6 @@ if TYPE_CHECKING:
         SearchResponse,
         Shot,
         ShotResult,
+        Timeline,
+        TimelineShot,
     )

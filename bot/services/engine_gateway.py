@@ -33,6 +33,7 @@ class EngineLike(Protocol):
     def annotate_people(self, image: Any, people: Sequence[Person]) -> bytes: ...
     def search(self, movie: Any, queries: Any, *, top: int = 5, aggregation: str | None = None,
                progress: Callable[[Progress], None] = ...) -> SearchResponse: ...
+    def timeline_png(self, response: SearchResponse) -> bytes: ...
 
 
 def movie_key(slug: str) -> str:
@@ -113,6 +114,10 @@ class EngineGateway:
                     pass
 
         return await self._heavy(lambda: self.engine.search(movie, queries, top=top, progress=progress))
+
+    async def timeline(self, response: SearchResponse) -> bytes:
+        """The response's screen-time timeline picture (PNG)."""
+        return await self._heavy(self.engine.timeline_png, response)
 
     def close(self) -> None:
         """Drop queued engine calls; running ones finish on their threads (they cannot be interrupted)."""
