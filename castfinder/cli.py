@@ -270,14 +270,13 @@ def _parse_people(value: str) -> Literal["main", "all"] | tuple[int, ...]:
 
 
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from castfinder.output import OutputError, check_target
     from core import Engine, QueryImage, format_ts
 
     if args.top < 1:
         return fail("--top must be at least 1", EXIT_USAGE)
     select = _parse_people(args.people)
     if args.timeline:
-        from castfinder.output import OutputError, check_target
-
         try:
             check_target(args.timeline, "--timeline")  # before any model loads: a typo fails at once
         except OutputError as exc:
@@ -294,9 +293,15 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
                                      channels=channel_list(args.search_channels) or None, progress=bars)
         finally:
             bars.close()
-    if args.timeline and _save_timeline(engine, response, args.timeline, sys.stderr if args.json else sys.stdout):
-        return EXIT_ERROR
+    saved: list[str] = []  # what to say about the timeline: after the table, or on stderr beside --json
+    if args.timeline:
+        try:
+            saved = _save_timeline(engine, response, args.timeline)
+        except OutputError as exc:
+            return fail(str(exc))
     if args.json:
+        for line in saved:  # stdout holds the one JSON object
+            print(line, file=sys.stderr)
         print_json(response.to_json())
         return 0
     from rich.table import Table
@@ -306,6 +311,8 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         out.print(f"[yellow]No person found in {response.whole_image_queries} image(s): searched the whole image.[/]")
     if not response.results:
         out.print(f"No shots of {response.movie!r} matched.")
+        for line in saved:
+            print(line)
         return 0
     table = Table(title=f"{response.movie}: best shots ({response.aggregation})")
     columns: tuple[tuple[str, JustifyMethod], ...] = (
@@ -320,24 +327,21 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     # Where the time went (the first search of a process includes loading the models).
     table.caption = " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in response.speed.items())
     out.print(table)
+    for line in saved:
+        print(line)
     return 0
 
 
-def _save_timeline(engine: Any, response: Any, path: Path, out: Any) -> bool:
-    """Write the timeline picture and print its summary line; True when it could not be written
-    (the message is printed)."""
-    from castfinder.output import OutputError, write_file
+def _save_timeline(engine: Any, response: Any, path: Path) -> list[str]:
+    """Write the timeline picture (OutputError when it cannot be); the lines that say so."""
+    from castfinder.output import write_file
     from core.search.timeline import summary_line
 
-    try:
-        write_file(path, engine.timeline_png(response), "--timeline")
-    except OutputError as exc:
-        fail(str(exc))
-        return True
+    write_file(path, engine.timeline_png(response), "--timeline")
+    lines = []
     if response.timeline is not None:
-        print(f"Screen time: {summary_line(response.timeline)} (the matched shots' lengths added up)", file=out)
-    print(f"Saved {path}", file=out)
-    return False
+        lines.append(f"Screen time: {summary_line(response.timeline)} (the matched shots' lengths added up)")
+    return [*lines, f"Saved {path}"]
 
 
 def cmd_people(args: argparse.Namespace, settings: Settings) -> int:

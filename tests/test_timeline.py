@@ -15,9 +15,12 @@ from castfinder.cli import main
 from core import Person, SearchResponse, ShotResult
 from core.search import timeline as tl
 from core.types import Timeline, TimelineShot
+from tests import test_cli
 from tests.bot_support import ALICE, ALICE_CHAT, USER_ID, CatalogEngine, bot_harness, jpeg, movie_info
 from tests.fake_telegram import callback_update
-from tests.test_cli import env, indexed, query  # noqa: F401  (fixtures: a tiny CLI index in seconds)
+
+# test_cli's fixtures: a tiny CLI index in seconds, and a query image.
+env, indexed, query = test_cli.env, test_cli.indexed, test_cli.query
 
 BLUE = tl.CONFIDENT
 
@@ -152,10 +155,8 @@ def test_search_json_adds_the_timeline_summary_and_the_flag_writes_the_picture(
 def test_the_timeline_counts_matches_beyond_the_page(make_settings, tmp_path: Path) -> None:
     from core import Engine
     from tests.media import make_video
-    from tests.test_cli import SEGMENTS
-
     engine = Engine(make_settings(low_score=1e-6, det_conf=0.0001, det_imgsz=160, min_person_px=4))
-    engine.index(make_video(tmp_path / "heat.mp4", SEGMENTS), "Heat")
+    engine.index(make_video(tmp_path / "heat.mp4", test_cli.SEGMENTS), "Heat")
     q = tmp_path / "q.png"
     Image.new("RGB", (64, 96), (200, 30, 30)).save(q)
     response = engine.search("Heat", [q], top=1)

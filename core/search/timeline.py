@@ -14,6 +14,7 @@ import functools
 import io
 import math
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..types import Timeline
@@ -145,14 +146,21 @@ def _span(start_s: float, end_s: float, duration_s: float) -> tuple[int, int]:
     return left, right
 
 
-def _hatch(draw: ImageDraw.ImageDraw, x1: int, x2: int, y1: int, y2: int) -> None:
-    """A weak match: light fill with diagonal stripes, so it differs in pattern, not only colour."""
-    draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=WEAK_FILL)
+@functools.lru_cache(maxsize=1)
+def _hatching() -> Image.Image:
+    """The weak matches' pattern over the whole picture: light orange with diagonal stripes of the
+    full orange. Marks are cut from it where they lie, so neighbouring marks' stripes line up."""
     period, stripe = 8, 3
-    for x in range(x1, x2):
-        for y in range(y1, y2):
-            if (x + y) % period < stripe:
-                draw.point((x, y), fill=WEAK_HATCH)
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    on = ((x + y) % period) < stripe
+    pixels = np.where(on[..., None], np.array(WEAK_HATCH, np.uint8), np.array(WEAK_FILL, np.uint8))
+    return Image.fromarray(pixels.astype(np.uint8), "RGB")
+
+
+def _hatch(img: Image.Image, x1: int, x2: int, y1: int, y2: int) -> None:
+    """A weak match: hatched, so it differs from a confident one in pattern, not only colour."""
+    box = (x1, y1, x2, y2)
+    img.paste(_hatching().crop(box), box)
 
 
 class _Pen:
@@ -199,7 +207,7 @@ def draw_timeline(timeline: Timeline, title: str) -> bytes:
     draw.rectangle((STRIP_LEFT, STRIP_TOP, STRIP_RIGHT - 1, STRIP_BOTTOM - 1), fill=FILM)
     for s in timeline.weak:
         x1, x2 = _span(s.start_s, s.end_s, film)
-        _hatch(draw, x1, x2, STRIP_TOP, STRIP_BOTTOM)
+        _hatch(img, x1, x2, STRIP_TOP, STRIP_BOTTOM)
     for s in timeline.confident:
         x1, x2 = _span(s.start_s, s.end_s, film)
         draw.rectangle((x1, STRIP_TOP, x2 - 1, STRIP_BOTTOM - 1), fill=CONFIDENT)
@@ -214,9 +222,9 @@ def draw_timeline(timeline: Timeline, title: str) -> bytes:
         w = pen.width(label, "small")
         pen.text((min(max(x - w / 2, 4), WIDTH - 4 - w), STRIP_BOTTOM + 12), label, "small", MUTED)
 
-    _legend(pen, timeline)
+    _legend(img, pen, timeline)
     out = io.BytesIO()
-    img.save(out, "PNG", optimize=True)
+    img.save(out, "PNG", compress_level=6)
     return out.getvalue()
 
 
@@ -225,7 +233,8 @@ def _first_last(pen: _Pen, timeline: Timeline) -> None:
     first, last, film = timeline.first_s, timeline.last_s, timeline.duration_s
     if first is None or last is None:
         return
-    marks = [(first, "only match")] if len(timeline.confident) == 1 else [(first, "first"), (last, "last")]
+    only = "only confident match" if timeline.weak else "only match"
+    marks = [(first, only)] if len(timeline.confident) == 1 else [(first, "first"), (last, "last")]
     base = STRIP_TOP - 4
     placed: list[tuple[float, float]] = []
     for t, label in marks:
@@ -241,7 +250,7 @@ def _first_last(pen: _Pen, timeline: Timeline) -> None:
         placed.append((lx, lx + w))
 
 
-def _legend(pen: _Pen, timeline: Timeline) -> None:
+def _legend(img: Image.Image, pen: _Pen, timeline: Timeline) -> None:
     y = HEIGHT - 50
     x = float(STRIP_LEFT)
     entries = [("confident", f"confident ({len(timeline.confident)})")]
@@ -251,7 +260,7 @@ def _legend(pen: _Pen, timeline: Timeline) -> None:
         if kind == "confident":
             pen.draw.rectangle((round(x), y + 2, round(x) + 27, y + 23), fill=CONFIDENT)
         else:
-            _hatch(pen.draw, round(x), round(x) + 28, y + 2, y + 24)
+            _hatch(img, round(x), round(x) + 28, y + 2, y + 24)
         pen.text((x + 38, y), label, "small", INK)
         x += 38 + pen.width(label, "small") + 32
     unit = "h:mm" if timeline.duration_s >= 3600 else "min:s"
