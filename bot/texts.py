@@ -8,7 +8,8 @@ from __future__ import annotations
 from html import escape
 from typing import Iterable, Sequence
 
-from core import MovieInfo, format_ts
+from core import MovieInfo, Timeline, format_ts
+from core.search.timeline import format_clock, format_duration, format_share
 
 from .services.storage import StoredResult, UsageStats
 from .settings import MAX_TOPK
@@ -413,3 +414,27 @@ def cast_started(number: int) -> str:
 def cast_expired() -> str:
     """A cast button that is too old, from another chat, or of a movie re-indexed since."""
     return "This cast sheet has expired. Send /cast again."
+
+
+# -- Screen-time timeline (issue 13, part 3) ---------------------------------------------------------
+def timeline_caption(timeline: Timeline) -> str:
+    """The caption of the timeline picture sent with every answer (HTML): screen time, shots,
+    share of the film, first and last appearance, and what the numbers are."""
+    confident, weak, film = timeline.confident, timeline.weak, timeline.duration_s
+    plural = "s" if len(confident) != 1 else ""
+    if confident and timeline.first_s is not None and timeline.last_s is not None:
+        about = "at least" if timeline.capped else "≈"
+        lines = [f"🕒 <b>Screen time {about} {esc(format_duration(timeline.screen_time_s))}</b> in "
+                 f"{len(confident)} shot{plural} ({esc(format_share(timeline.share))} of the film)"]
+        if len(confident) == 1:
+            lines.append(f"Seen at {esc(format_clock(timeline.first_s, film))}")
+        else:
+            lines.append(f"First seen {esc(format_clock(timeline.first_s, film))} · "
+                         f"last {esc(format_clock(timeline.last_s, film))}")
+    else:
+        lines = ["🕒 <b>No confident match</b> over the whole film"]
+    if weak:
+        lines.append(f"Hatched: {len(weak)} weak match{'es' if len(weak) != 1 else ''}, not counted.")
+    lines.append("<i>Screen time adds up the lengths of every confident matched shot in the film, "
+                 "not only those listed.</i>")
+    return "\n".join(lines)

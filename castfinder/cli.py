@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='whom to search for in each image: "main" (the most prominent person, default), '
                         '"all", or 1-based numbers such as "1,3" (see `castfinder people`)')
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--timeline", type=Path, metavar="PNG",
+                   help="also write the character's screen-time timeline over the whole film here (PNG)")
 
     p = sub.add_parser("cast", parents=[flags], help="the movie's main people, found at index time",
                        description="The people of a movie, found by clustering its faces when it was indexed: "
@@ -278,6 +280,7 @@ def _parse_people(value: str) -> Literal["main", "all"] | tuple[int, ...]:
 
 
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from castfinder.output import OutputError, check_target
     from core import Engine, QueryImage, format_ts
 
     if args.top < 1:
@@ -286,6 +289,11 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         return fail("give images of the character (screenshots), or --cast N (a number of `castfinder cast`), not both",
                     EXIT_USAGE)
     select = _parse_people(args.people)
+    if args.timeline:
+        try:
+            check_target(args.timeline, "--timeline")  # before any model loads: a typo fails at once
+        except OutputError as exc:
+            return fail(str(exc))
     bars = _Bars(not args.quiet)
     with engine_output_to_stderr():
         engine = Engine(settings, load_models=False)
@@ -303,7 +311,15 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
                                          progress=bars)
         finally:
             bars.close()
+    saved: list[str] = []  # what to say about the timeline: after the table, or on stderr beside --json
+    if args.timeline:
+        try:
+            saved = _save_timeline(engine, response, args.timeline)
+        except OutputError as exc:
+            return fail(str(exc))
     if args.json:
+        for line in saved:  # stdout holds the one JSON object
+            print(line, file=sys.stderr)
         print_json(response.to_json())
         return 0
     from rich.table import Table
@@ -313,6 +329,8 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         out.print(f"[yellow]No person found in {response.whole_image_queries} image(s): searched the whole image.[/]")
     if not response.results:
         out.print(f"No shots of {response.movie!r} matched.")
+        for line in saved:
+            print(line)
         return 0
     table = Table(title=f"{response.movie}: best shots ({response.aggregation})")
     columns: tuple[tuple[str, JustifyMethod], ...] = (
@@ -327,6 +345,8 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     # Where the time went (the first search of a process includes loading the models).
     table.caption = " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in response.speed.items())
     out.print(table)
+    for line in saved:
+        print(line)
     return 0
 
 
@@ -382,6 +402,18 @@ def cmd_cast(args: argparse.Namespace, settings: Settings) -> int:
     if args.save:
         print(f"Saved {args.save}")
     return 0
+
+
+def _save_timeline(engine: Any, response: Any, path: Path) -> list[str]:
+    """Write the timeline picture (OutputError when it cannot be); the lines that say so."""
+    from castfinder.output import write_file
+    from core.search.timeline import summary_line
+
+    write_file(path, engine.timeline_png(response), "--timeline")
+    lines = []
+    if response.timeline is not None:
+        lines.append(f"Screen time: {summary_line(response.timeline)} (the matched shots' lengths added up)")
+    return [*lines, f"Saved {path}"]
 
 
 def cmd_people(args: argparse.Namespace, settings: Settings) -> int:

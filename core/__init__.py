@@ -25,6 +25,7 @@ _EXPORTS = {
     "Settings": ".settings",
     "DamagedMovie": ".types", "IndexReport": ".types", "MovieInfo": ".types", "Person": ".types", "Progress": ".types",
     "RankedShot": ".types", "SearchResponse": ".types", "Shot": ".types", "ShotResult": ".types",
+    "Timeline": ".types", "TimelineShot": ".types",
 }
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
     "DamagedIndexError", "DamagedMovie", "Engine",
     "IndexCorruptError", "IndexReport", "ModelMismatchError", "ModelNotFoundError", "MovieInfo",
     "MovieNotFoundError", "Person", "Progress", "QueryImage", "RankedShot", "SearchResponse", "Settings",
-    "SettingsError", "Shot", "ShotResult", "format_ts", "slugify",
+    "SettingsError", "Shot", "ShotResult", "Timeline", "TimelineShot", "format_ts", "slugify",
 ]
 
 
@@ -77,4 +78,6 @@ if TYPE_CHECKING:
         SearchResponse,
         Shot,
         ShotResult,
+        Timeline,
+        TimelineShot,
     )

@@ -34,6 +34,7 @@ from .search.annotate import draw_people
 from .search.fusion import Hits, fuse
 from .search.images import ImageLike, QueryImage, Selection, crop, load_image
 from .search.ranking import aggregate
+from .search.timeline import draw_timeline
 from .settings import Settings, load_settings
 from .store import IndexCatalog, IndexDamage, MovieIndex, damaged_movie, read_manifest, tidy_index_dir
 from .types import (
@@ -47,6 +48,8 @@ from .types import (
     RankedShot,
     SearchResponse,
     ShotResult,
+    Timeline,
+    TimelineShot,
     no_progress,
 )
 
@@ -318,14 +321,22 @@ class Engine:
         clock = time.perf_counter()
         ranked = self._rank(index, hits, use, method)
         results = self._results(index, ranked[:top])
+        timeline = self._timeline(index, ranked, results)
         speed["rank"] = time.perf_counter() - clock
         progress(Progress("search", 1, 1, "step"))
         count = len(queries.crop_ids) if isinstance(queries, Seeds) else len(queries)
         return SearchResponse(
             movie=index.info.name, slug=index.info.slug, results=results, query_crops=count,
             whole_image_queries=whole, aggregation=method, elapsed_s=time.perf_counter() - started,
-            speed=speed,
+            speed=speed, timeline=timeline,
         )
+
+    def timeline_png(self, response: SearchResponse) -> bytes:
+        """The response's screen-time timeline as a PNG (core/search/timeline.py): the whole film,
+        the matched shots on it, screen time, share, first and last appearance."""
+        if response.timeline is None:
+            raise BadInputError("This search has no timeline; search again to get one.")
+        return draw_timeline(response.timeline, f"{response.movie} — where this character appears")
 
     def _check_queries(self, queries: Iterable[QueryImage | ImageLike]) -> list[QueryImage]:
         """The queries, refused before any work when there are none, more than
@@ -400,6 +411,19 @@ class Engine:
             return index.search(channel, vectors, s.search_k)
 
         return fuse(index, hits, use_tracks=s.tracks, expand_with=propagate if s.expand else None)
+
+    def _timeline(self, index: MovieIndex, ranked: list[RankedShot], results: list[ShotResult]) -> Timeline:
+        """Every confident match over the film, not only the page of results (the best
+        CASTFINDER_TIMELINE_MAX_SHOTS of them), and the weak matches among the results, which
+        the user sees marked as weak."""
+        low, cap = self.settings.low_score, self.settings.timeline_max_shots
+        confident = [r for r in ranked if r.confidence >= low]
+        confident.sort(key=lambda r: -r.confidence)  # rrf and frequency rank by their own score
+        shots = [index.shots[r.shot_id] for r in confident[:cap]]
+        return Timeline.of(index.info.duration_s, [
+            *(TimelineShot(s.id, s.start_s, s.end_s, r.confidence, False) for s, r in zip(shots, confident)),
+            *(TimelineShot(r.shot_id, r.start_s, r.end_s, r.confidence, True) for r in results if r.low_confidence),
+        ], capped=len(confident) > cap)
 
     def _results(self, index: MovieIndex, ranked: list[RankedShot]) -> list[ShotResult]:
         results = []

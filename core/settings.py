@@ -183,6 +183,10 @@ class Settings(BaseSettings):
     rrf_k: int = Field(60, ge=1, le=1000)
     # Results whose calibrated confidence is under this are low confidence (the bot marks them).
     low_score: float = Field(0.5, ge=0.0, le=1.0)
+    # The screen-time timeline counts every match at or over low_score, not only the results shown,
+    # up to this many shots (the best ones; the summary then says "at least"). A lead character of a
+    # two-hour film is in a few hundred shots; the cap only bounds a pathological query's work.
+    timeline_max_shots: int = Field(1000, ge=1, le=100_000)
     index_cache_size: int = Field(4, ge=1, le=64)
     # Larger query images are refused before decoding (decompression bombs), and larger frames of a
     # frames folder skipped with a warning (at most Pillow's own hard limit, 2 × its MAX_IMAGE_PIXELS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 BBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the source frame
 
@@ -77,6 +77,98 @@ class ShotResult:
 
 
 @dataclass(frozen=True)
+class TimelineShot:
+    """One matched shot placed on the film's timeline."""
+
+    shot_id: int  # Shot.id
+    start_s: float
+    end_s: float
+    confidence: float
+    weak: bool  # under the low-score line: drawn apart, not counted as screen time
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Where the searched character appears over the whole film (core.search.timeline draws it).
+
+    Screen time is the sum of the confident matched shots' durations: an estimate, as good as the
+    search's recall. Weak matches are placed on the strip but counted apart."""
+
+    duration_s: float  # the film's length
+    shots: tuple[TimelineShot, ...]  # in film order, one per shot
+    capped: bool = False  # more confident shots matched than CASTFINDER_TIMELINE_MAX_SHOTS: "at least"
+
+    @classmethod
+    def of(cls, duration_s: float, shots: Iterable[TimelineShot], *, capped: bool = False) -> Timeline:
+        """The timeline of `shots` (deduplicated by shot, the confident one kept), each clipped to
+        the film."""
+        by_id: dict[int, TimelineShot] = {}
+        for s in shots:
+            start, end = max(0.0, s.start_s), min(duration_s, s.end_s)
+            if end <= start:
+                continue
+            s = TimelineShot(s.shot_id, start, end, s.confidence, s.weak)
+            old = by_id.get(s.shot_id)
+            if old is None or (old.weak and not s.weak):
+                by_id[s.shot_id] = s
+        return cls(duration_s, tuple(sorted(by_id.values(), key=lambda s: (s.start_s, s.shot_id))), capped)
+
+    @classmethod
+    def from_results(cls, duration_s: float, results: Iterable[ShotResult]) -> Timeline:
+        """The timeline of a list of results, confident or weak as each result says."""
+        return cls.of(duration_s, (TimelineShot(r.shot_id, r.start_s, r.end_s, r.confidence, r.low_confidence)
+                                   for r in results))
+
+    @property
+    def confident(self) -> tuple[TimelineShot, ...]:
+        return tuple(s for s in self.shots if not s.weak)
+
+    @property
+    def weak(self) -> tuple[TimelineShot, ...]:
+        return tuple(s for s in self.shots if s.weak)
+
+    @property
+    def screen_time_s(self) -> float:
+        return sum(s.end_s - s.start_s for s in self.confident)
+
+    @property
+    def weak_time_s(self) -> float:
+        return sum(s.end_s - s.start_s for s in self.weak)
+
+    @property
+    def share(self) -> float:
+        """Screen time as a fraction of the film (0–1)."""
+        return self.screen_time_s / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def first_s(self) -> float | None:
+        """The start of the first confident matched shot; None without one."""
+        confident = self.confident
+        return confident[0].start_s if confident else None
+
+    @property
+    def last_s(self) -> float | None:
+        """The start of the last confident matched shot (where to seek to see it); None without one."""
+        confident = self.confident
+        return confident[-1].start_s if confident else None
+
+    def to_json(self) -> dict:
+        """The summary `search --json` adds as "timeline" (the picture itself is not in it)."""
+        first, last = self.first_s, self.last_s
+        return {
+            "screen_time_s": round(self.screen_time_s, 3),
+            "share": round(self.share, 5),
+            "first_s": None if first is None else round(first, 3),
+            "last_s": None if last is None else round(last, 3),
+            "shots": len(self.confident),
+            "weak_shots": len(self.weak),
+            "weak_time_s": round(self.weak_time_s, 3),
+            "duration_s": round(self.duration_s, 3),
+            "capped": self.capped,
+        }
+
+
+@dataclass(frozen=True)
 class SearchResponse:
     movie: str  # the movie's display name
     slug: str
@@ -88,14 +180,20 @@ class SearchResponse:
     # Seconds per stage, as ultralytics' `Results.speed`: people (decoding the query images and
     # finding their people), embed, search (FAISS), rank (aggregation or fusion, and results).
     speed: dict[str, float] = field(default_factory=dict)
+    # Every confident match over the film (not only the `top` results) and the weak ones among the
+    # results: `Engine.timeline_png` draws it. None from engines that do not compute it.
+    timeline: Timeline | None = None
 
     def to_json(self) -> dict:
         """The stable machine-readable form printed by `castfinder search --json`."""
         keys = ("rank", "shot", "scene", "start_s", "end_s", "score", "thumbnail", "frame_s", "bbox", "confidence")
-        return {
+        data: dict = {
             "movie": self.movie,
             "results": [{k: r.to_json()[k] for k in keys} for r in self.results],
         }
+        if self.timeline is not None:  # added after the first two keys: older readers ignore it
+            data["timeline"] = self.timeline.to_json()
+        return data
 
 
 @dataclass(frozen=True)

@@ -167,8 +167,10 @@ async def test_more_pages_through_stored_results(h) -> None:
     assert "reply_markup" not in third.params
     ranks = [c.result["text"].split("\n")[1].split(" · ")[0] for c in listings(h)]
     assert ranks == ["#1", "#2", "#3"]
-    # One thumbnail per page, sent as single photos (an album needs two).
-    assert len(h.srv.calls_of("sendPhoto")) == 3 and h.srv.calls_of("sendMediaGroup") == []
+    # One thumbnail per page, sent as single photos (an album needs two), and the first page's timeline.
+    photos = h.srv.calls_of("sendPhoto")
+    assert len(photos) == 4 and h.srv.calls_of("sendMediaGroup") == []
+    assert [name for c in photos for name in c.filenames.values()].count("timeline.png") == 1
     # The first list lost its button when it was used.
     assert "reply_markup" not in h.srv.messages[(USER_ID, first.result["message_id"])]
 

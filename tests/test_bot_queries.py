@@ -152,7 +152,8 @@ async def test_an_album_is_one_query_and_one_answer(h) -> None:
     listings = [c for c in h.srv.calls_of("sendMessage") if "best shots" in c.result["text"]
                 or "closest shots" in c.result["text"]]
     assert len(listings) == 1
-    assert h.srv.calls_of("sendPhoto") == []  # no picker for albums: each image's main person
+    # No picker for albums (each image's main person): the one photo is the answer's timeline.
+    assert [name for c in h.srv.calls_of("sendPhoto") for name in c.filenames.values()] == ["timeline.png"]
     assert len(h.srv.calls_of("getFile")) == 3
     [row] = await log_rows(h)
     assert row["images"] == 3 and row["outcome"] == "ok"

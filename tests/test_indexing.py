@@ -101,7 +101,7 @@ def test_search_returns_ranked_shots_with_their_times(engine: Engine, video: Pat
         assert (round(r.start_s, 3), round(r.end_s, 3)) == pytest.approx(expected[r.shot], abs=1e-3)
         assert r.start_s <= r.frame_s < r.end_s and Path(r.thumbnail).is_file()
     data = response.to_json()
-    assert set(data) == {"movie", "results"}
+    assert set(data) == {"movie", "results", "timeline"}  # "timeline" added beside the first two
     assert set(data["results"][0]) == {"rank", "shot", "scene", "start_s", "end_s", "score", "thumbnail", "frame_s",
                                        "bbox", "confidence"}
     assert all(0.0 <= r.confidence <= 1.0 and r.low_confidence == (r.confidence < 0.5) for r in response.results)

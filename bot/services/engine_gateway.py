@@ -39,6 +39,7 @@ class EngineLike(Protocol):
     def cast_sheet(self, movie: Any, members: Sequence[CastMember] | None = None) -> bytes: ...
     def search_identity(self, movie: Any, identity: int, *, top: int = 5, aggregation: str | None = None,
                         progress: Callable[[Progress], None] = ...) -> SearchResponse: ...
+    def timeline_png(self, response: SearchResponse) -> bytes: ...
 
 
 def movie_key(slug: str) -> str:
@@ -134,6 +135,10 @@ class EngineGateway:
             identity = queries
             return await self._heavy(lambda: self.engine.search_identity(movie, identity, top=top, progress=progress))
         return await self._heavy(lambda: self.engine.search(movie, queries, top=top, progress=progress))
+
+    async def timeline(self, response: SearchResponse) -> bytes:
+        """The response's screen-time timeline picture (PNG)."""
+        return await self._heavy(self.engine.timeline_png, response)
 
     def close(self) -> None:
         """Drop queued engine calls; running ones finish on their threads (they cannot be interrupted)."""

@@ -316,9 +316,20 @@ class QueryService:
             chat_id=target.chat_id, user_id=ctx.user_id, reply_to=target.reply_to, thread_id=target.thread_id,
             movie=response.movie, page_size=ctx.topk, results=stored, notes=notes,
         )
-        await ResultSender(ctx.bot, self.thumbnails).send_page(page, 0)
+        await ResultSender(ctx.bot, self.thumbnails).send_page(page, 0, timeline=await self._timeline(response))
         ctx.record.results = len(stored)
         ctx.record.outcome = "ok"
+
+    async def _timeline(self, response: SearchResponse) -> tuple[bytes, str] | None:
+        """The screen-time picture and its caption; None without results, from an engine that
+        computes no timeline, or when drawing it fails (the answer goes out without it)."""
+        if not response.results or response.timeline is None:
+            return None
+        try:
+            return await self.gateway.timeline(response), texts.timeline_caption(response.timeline)
+        except Exception:
+            log.exception("could not draw the timeline of a search of %s", response.slug)
+            return None
 
     # -- movie ----------------------------------------------------------------------------
     async def _movie_for(self, req: QueryRequest, chat: ChatSettings) -> tuple[MovieInfo, list[str]]:

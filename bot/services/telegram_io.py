@@ -210,12 +210,15 @@ class ResultSender:
         self.bot = bot
         self.cache = cache
 
-    async def send_page(self, page: ResultPage, offset: int) -> Message:
-        """Thumbnails of results [offset, offset + page_size) as albums, then their list with a
-        "More" button while results remain. Returns the list message."""
+    async def send_page(self, page: ResultPage, offset: int, *, timeline: tuple[bytes, str] | None = None) -> Message:
+        """Thumbnails of results [offset, offset + page_size) as albums, then `timeline` (a PNG and
+        its caption: the first page only), then their list with a "More" button while results
+        remain, so that the button stays on the last message. Returns the list message."""
         target = ReplyTarget(page.chat_id, page.reply_to, page.thread_id)
         shown = page.results[offset : offset + page.page_size]
         await self.send_thumbnails(target, shown)
+        if timeline is not None:
+            await self.send_timeline(target, *timeline)
         next_offset = offset + len(shown)
         remaining = len(page.results) - next_offset
         markup = more_keyboard(page.id, next_offset, remaining) if remaining > 0 else None
@@ -247,6 +250,17 @@ class ResultSender:
             )
             for (_, key), sent in zip(chunk, messages):
                 self._remember(key, sent)
+
+    async def send_timeline(self, target: ReplyTarget, png: bytes, caption: str) -> None:
+        """The screen-time picture. A refusal of it (a bad request) costs the picture, not the list
+        after it; a chat that blocked the bot still stops the answer."""
+        try:
+            await self.bot.send_photo(
+                target.chat_id, BufferedInputFile(png, "timeline.png"), caption=caption,
+                message_thread_id=target.thread_id, reply_parameters=target.reply,
+            )
+        except TelegramBadRequest as exc:
+            log.warning("could not send the timeline to chat %s: %s", target.chat_id, exc)
 
     def _media(self, key: tuple[str, int]) -> str | FSInputFile:
         return self.cache.get(key) or FSInputFile(key[0])
