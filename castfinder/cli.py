@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help='whom to search for in each image: "main" (the most prominent person, default), '
                         '"all", or 1-based numbers such as "1,3" (see `castfinder people`)')
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--not", type=int, action="append", default=[], dest="not_shots", metavar="SHOT",
+                   help="feedback: the person found in this shot (a number as printed) is not the one searched "
+                        "for; the shot leaves the results and look-alikes go down (repeatable)")
+    p.add_argument("--yes", type=int, action="append", default=[], dest="yes_shots", metavar="SHOT",
+                   help="feedback: the person found in this shot is the one; their views in it join the query "
+                        "(repeatable)")
 
     p = sub.add_parser("people", parents=[flags], help="number the people in a screenshot")
     p.add_argument("image", type=Path)
@@ -279,10 +285,13 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         # Before any model loads: fail fast on a typo. The index's own channels load on demand;
         # the engine checks the images (how many, regular files) before any work.
         info = engine.resolve_movie(args.movie)
+        feedback = (engine.feedback_for(info, yes=args.yes_shots, no=args.not_shots)
+                    if args.yes_shots or args.not_shots else None)
         try:
             response = engine.search(info, [QueryImage(p, select=select, name=str(p)) for p in args.images],
                                      top=args.top, aggregation=args.aggregation,
-                                     channels=channel_list(args.search_channels) or None, progress=bars)
+                                     channels=channel_list(args.search_channels) or None, progress=bars,
+                                     feedback=feedback)
         finally:
             bars.close()
     if args.json:

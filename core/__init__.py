@@ -24,11 +24,12 @@ _EXPORTS = {
     "Settings": ".settings",
     "DamagedMovie": ".types", "IndexReport": ".types", "MovieInfo": ".types", "Person": ".types", "Progress": ".types",
     "RankedShot": ".types", "SearchResponse": ".types", "Shot": ".types", "ShotResult": ".types",
+    "Feedback": ".types", "Mark": ".types",
 }
 
 __all__ = [
     "AmbiguousMovieError", "BadInputError", "CastfinderError", "DamagedIndexError", "DamagedMovie", "Engine",
-    "IndexCorruptError", "IndexReport", "ModelMismatchError", "ModelNotFoundError", "MovieInfo",
+    "Feedback", "IndexCorruptError", "IndexReport", "Mark", "ModelMismatchError", "ModelNotFoundError", "MovieInfo",
     "MovieNotFoundError", "Person", "Progress", "QueryImage", "RankedShot", "SearchResponse", "Settings",
     "SettingsError", "Shot", "ShotResult", "format_ts", "slugify",
 ]
@@ -65,7 +66,9 @@ if TYPE_CHECKING:
     from .settings import Settings
     from .types import (
         DamagedMovie,
+        Feedback,
         IndexReport,
+        Mark,
         MovieInfo,
         Person,
         Progress,

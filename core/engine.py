@@ -27,6 +27,7 @@ from .models.channels import Channel
 from .models.detector import PersonDetector
 from .models.factory import make_channel, make_detector
 from .naming import slugify
+from .search import feedback as feedback_plan
 from .search.annotate import draw_people
 from .search.fusion import Hits, fuse
 from .search.images import ImageLike, QueryImage, Selection, crop, load_image
@@ -35,11 +36,13 @@ from .settings import Settings, load_settings
 from .store import IndexCatalog, IndexDamage, MovieIndex, damaged_movie, read_manifest, tidy_index_dir
 from .types import (
     DamagedMovie,
+    Feedback,
     IndexReport,
     MovieInfo,
     Person,
     Progress,
     ProgressCallback,
+    QueryVectors,
     RankedShot,
     SearchResponse,
     ShotResult,
@@ -234,19 +237,71 @@ class Engine:
         aggregation: str | None = None,
         channels: Sequence[str] | None = None,
         progress: ProgressCallback = no_progress,
+        feedback: Feedback | None = None,
     ) -> SearchResponse:
         """The best shots of `movie` for the people in `queries`.
 
         `channels` restricts the search to some of the index's channels (default: all of them).
         With one channel, `aggregation` turns its hits into shot scores; with several, evidence
         is fused per track (see core.search.fusion) and shots are ranked by calibrated confidence.
-        The response's `speed` holds the seconds of each stage: people, embed, search, rank.
+        `feedback` (results judged "that's them" / "not them") changes the ranking as
+        core.search.feedback says. The response's `speed` holds the seconds of each stage:
+        people, embed, search, rank; its `query_vectors` are what `refine` takes.
         """
         started = time.perf_counter()
+        wanted = self._check_queries(queries)
+        index, use, method = self._plan_search(movie, top, aggregation, channels)
+        speed = dict.fromkeys(_SEARCH_STAGES, 0.0)
+        clock = time.perf_counter()
+        crops, whole = self._query_crops(wanted, progress)
+        speed["people"] = time.perf_counter() - clock
+        progress(Progress("search", 0, 1, "step"))
+        vectors = self._embed(index, use, crops, speed)
+        response = self._ranked(index, use, method, vectors, feedback, top, speed, started,
+                                query_crops=len(crops), whole=whole)
+        progress(Progress("search", 1, 1, "step"))
+        return response
+
+    def refine(
+        self,
+        movie: str | MovieInfo,
+        query_vectors: QueryVectors,
+        feedback: Feedback,
+        *,
+        top: int = 5,
+        aggregation: str | None = None,
+        channels: Sequence[str] | None = None,
+    ) -> SearchResponse:
+        """A search again from a response's `query_vectors` (no screenshots, no models), with
+        `feedback`: the way a front-end refreshes results the user judged. The vectors must be
+        of this index's channels (a channel missing from them has no query rows: only the
+        feedback's own rows speak in it)."""
+        started = time.perf_counter()
+        index, use, method = self._plan_search(movie, top, aggregation, channels)
+        vectors: QueryVectors = {}
+        for name in use:
+            dim = index.channel(name).dim
+            rows = np.asarray(query_vectors.get(name, np.zeros((0, dim))), dtype=np.float32)
+            if rows.ndim != 2 or rows.shape[1] != dim or not np.isfinite(rows).all():
+                raise BadInputError(f"the query's {name} vectors do not fit this index ({dim}-d); search again.")
+            vectors[name] = rows
+        if not any(len(v) for v in vectors.values()) and not feedback.positives:
+            raise BadInputError("nothing to search for: the query has no vectors; search again.")
+        speed = dict.fromkeys(_SEARCH_STAGES, 0.0)
+        count = max((len(v) for v in vectors.values()), default=0)
+        return self._ranked(index, use, method, vectors, feedback, top, speed, started, query_crops=count, whole=0)
+
+    def feedback_for(self, movie: str | MovieInfo, *, yes: Sequence[int] = (), no: Sequence[int] = ()) -> Feedback:
+        """Feedback on shots as their numbers are printed (`ShotResult.shot`): `yes` "that's
+        them", `no` "not them"; each shot's person is the one that best matches the query."""
+        index = self.open_index(movie)
+        return Feedback(feedback_plan.marks_for_shots(index, yes), feedback_plan.marks_for_shots(index, no))
+
+    def _plan_search(self, movie: str | MovieInfo, top: int, aggregation: str | None,
+                     channels: Sequence[str] | None) -> tuple[MovieIndex, list[str], str]:
         method = aggregation or self.settings.aggregation
         if top < 1:
             raise BadInputError("--top must be at least 1.")
-        wanted = self._check_queries(queries)
         index = self.open_index(movie)
         use = _pick_channels(index.info.channels, channels)
         if len(use) > 1 and method != "max":
@@ -254,21 +309,24 @@ class Engine:
                 f"{method} aggregation works on one channel; with several ({', '.join(use)}) evidence "
                 "is fused per person. Use --aggregation max, or choose one channel with --channels."
             )
-        speed = dict.fromkeys(_SEARCH_STAGES, 0.0)
+        return index, use, method
+
+    def _ranked(self, index: MovieIndex, use: list[str], method: str, vectors: QueryVectors,
+                feedback: Feedback | None, top: int, speed: dict[str, float], started: float, *,
+                query_crops: int, whole: int) -> SearchResponse:
+        """The one path from query vectors (and feedback) to the response."""
+        s = self.settings
+        plan = feedback_plan.plan(index, feedback or Feedback(), vectors, use, k=s.search_k,
+                                  weight=s.feedback_negative_weight, per_track=s.feedback_track_crops)
+        hits = self._hits(use, vectors, plan, speed)
         clock = time.perf_counter()
-        crops, whole = self._query_crops(wanted, progress)
-        speed["people"] = time.perf_counter() - clock
-        progress(Progress("search", 0, 1, "step"))
-        hits = self._hits(index, use, crops, speed)
-        clock = time.perf_counter()
-        ranked = self._rank(index, hits, use, method)
+        ranked = [r for r in self._rank(index, hits, use, method, plan.search) if r.shot_id not in plan.removed]
         results = self._results(index, ranked[:top])
         speed["rank"] = time.perf_counter() - clock
-        progress(Progress("search", 1, 1, "step"))
         return SearchResponse(
-            movie=index.info.name, slug=index.info.slug, results=results, query_crops=len(crops),
+            movie=index.info.name, slug=index.info.slug, results=results, query_crops=query_crops,
             whole_image_queries=whole, aggregation=method, elapsed_s=time.perf_counter() - started,
-            speed=speed,
+            speed=speed, query_vectors=vectors,
         )
 
     def _check_queries(self, queries: Iterable[QueryImage | ImageLike]) -> list[QueryImage]:
@@ -312,21 +370,31 @@ class Engine:
             progress(Progress("people", n, len(queries), "image"))
         return crops, whole
 
-    def _hits(self, index: MovieIndex, use: list[str], crops: list[Image.Image], speed: dict[str, float]) -> Hits:
-        """Per channel, the FAISS hits of the crops' vectors (one row per crop); adds the seconds
-        spent embedding and searching to `speed`."""
+    def _embed(self, index: MovieIndex, use: list[str], crops: list[Image.Image],
+               speed: dict[str, float]) -> QueryVectors:
+        """Per channel, the crops' vectors by the model the index was built with (a face channel
+        has rows only for the crops with a face); adds the seconds to `speed`."""
+        vectors: QueryVectors = {}
+        for name in use:
+            clock = time.perf_counter()
+            vectors[name] = self.channel_for(name, index.channel(name).model).encode(crops).vectors
+            speed["embed"] += time.perf_counter() - clock
+        return vectors
+
+    def _hits(self, use: list[str], vectors: QueryVectors, plan: feedback_plan.Plan, speed: dict[str, float]) -> Hits:
+        """Per channel, the FAISS hits of the query's rows and the feedback's positive rows (one
+        row of hits per vector), with the negatives applied; adds the seconds to `speed`."""
         hits: Hits = {}
         for name in use:
             clock = time.perf_counter()
-            encoded = self.channel_for(name, index.channel(name).model).encode(crops)
-            speed["embed"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            hits[name] = index.search(name, encoded.vectors, self.settings.search_k)
+            hits[name] = plan.search(name, plan.rows(name, vectors[name]))
             speed["search"] += time.perf_counter() - clock
         return hits
 
-    def _rank(self, index: MovieIndex, hits: Hits, use: list[str], method: str) -> list[RankedShot]:
-        """Shots best first: one channel's hits aggregated by `method`, or several channels fused."""
+    def _rank(self, index: MovieIndex, hits: Hits, use: list[str], method: str,
+              search: feedback_plan.SearchFn) -> list[RankedShot]:
+        """Shots best first: one channel's hits aggregated by `method`, or several channels fused
+        (propagation searching through `search`, so that feedback holds in its second round)."""
         s = self.settings
         if len(use) == 1:
             sims, ids = hits[use[0]]
@@ -334,11 +402,7 @@ class Engine:
             return aggregate(sims, ids, index.crop_shot, method, rrf_k=s.rrf_k,
                              count_from=calib.similarity_at(s.low_score),
                              confidence=lambda sim: float(calib.confidence(sim)))
-
-        def propagate(channel: str, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return index.search(channel, vectors, s.search_k)
-
-        return fuse(index, hits, use_tracks=s.tracks, expand_with=propagate if s.expand else None)
+        return fuse(index, hits, use_tracks=s.tracks, expand_with=search if s.expand else None)
 
     def _results(self, index: MovieIndex, ranked: list[RankedShot]) -> list[ShotResult]:
         results = []
@@ -351,7 +415,7 @@ class Engine:
                 thumbnail=index.thumbnail(shot.id),
                 frame_s=float(index.crop_time[r.best_crop]), bbox=(x1, y1, x2, y2),
                 similarity=r.similarity, confidence=r.confidence,
-                low_confidence=r.confidence < self.settings.low_score,
+                low_confidence=r.confidence < self.settings.low_score, crop=r.best_crop,
             ))
         return results
 

@@ -172,6 +172,11 @@ class Settings(BaseSettings):
     rrf_k: int = Field(60, ge=1, le=1000)
     # Results whose calibrated confidence is under this are low confidence (the bot marks them).
     low_score: float = Field(0.5, ge=0.0, le=1.0)
+    # Feedback ("not them"): a hit nearer the rejected person than the query loses this many times
+    # the difference of the two similarities (0: the rejected shot only leaves the results) ...
+    feedback_negative_weight: float = Field(2.0, ge=0.0, le=10.0)
+    # ... and each judged person's track gives at most this many of its crops as query vectors.
+    feedback_track_crops: int = Field(8, ge=1, le=64)
     index_cache_size: int = Field(4, ge=1, le=64)
     # Larger query images are refused before decoding (decompression bombs), and larger frames of a
     # frames folder skipped with a warning (at most Pillow's own hard limit, 2 × its MAX_IMAGE_PIXELS,
