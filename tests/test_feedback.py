@@ -3,15 +3,22 @@ down, "that's them" adds the person's track to the query; the engine, the CLI an
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from bot.keyboards import FeedbackButton, results_keyboard
+from bot.services.feedback import pack, unpack
+from bot.services.storage import SCHEMA_VERSION, Storage, migrate, schema_version
 from castfinder.cli import main
 from core import BadInputError, Engine, Feedback, Mark, Settings
+from tests.bot_support import ALICE, ALICE_CHAT, BOB, USER_ID, bot_harness
+from tests.fake_telegram import callback_update, private_chat
 from tests.media import make_video
 
 # Shots as BGR colours: the tiny DINOv2 sees the query (RGB (200, 50, 30)) nearest the orange of
@@ -118,3 +125,143 @@ def test_cli_not_and_yes_apply_the_same_feedback(film, capsys, monkeypatch: pyte
     assert main(["search", "--movie", "twins", "--not", "42", str(query)]) == 1
     err = capsys.readouterr().err
     assert "no shot 42" in err and "Traceback" not in err
+
+
+# -- the bot ------------------------------------------------------------------------------
+@pytest.fixture
+async def h(film, tmp_path: Path, tiny_dinov2: Path):
+    """The bot over the fake Bot API, with an engine on the film's index that finds nobody in a
+    screenshot (the random detector is told to be sure), so the whole screenshot is the query."""
+    engine, _ = film
+    bot_engine = Engine(settings_for(engine.settings.index_dir, tiny_dinov2).model_copy(update={"det_conf": 0.99}))
+    async with bot_harness(bot_engine, tmp_path, admin_ids=frozenset({USER_ID})) as harness:
+        await harness.app.storage.set_movie(USER_ID, "twins", "Twins")
+        harness.engine = bot_engine  # type: ignore[attr-defined]
+        yield harness
+
+
+def screenshot() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 96), QUERY_RGB).save(out, "PNG")  # lossless: the engine sees the same pixels
+    return out.getvalue()
+
+
+def buttons(message: dict) -> dict[str, str]:
+    """Button text -> callback data of a message's inline keyboard."""
+    rows = message.get("reply_markup", {}).get("inline_keyboard", [])
+    return {b["text"]: b["callback_data"] for row in rows for b in row}
+
+
+def listed_shots(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"^#\d+ · shot (\d+)", text, re.M)]
+
+
+def edits_of(h, message: dict) -> list:
+    """editMessageText calls on `message` (status messages are edited too)."""
+    return [c for c in h.srv.calls_of("editMessageText") if c.params["message_id"] == message["message_id"]]
+
+
+def last_answer(h) -> str:
+    return [a for a in h.srv.callback_answers.values() if a][-1].get("text", "")
+
+
+async def test_taps_edit_the_list_in_place_and_accumulate(h) -> None:
+    await h.feed(h.photo(screenshot()))
+    listing = h.srv.calls_of("sendMessage")[-1].result
+    expected = h.engine.search("Twins", [screenshot()], top=50)
+    assert listed_shots(listing["text"]) == shots(expected)[:5]
+    keys = buttons(listing)
+    assert {"✓1", "✗1", "✓5", "✗5"} <= set(keys)
+    sent = len(h.srv.calls_of("sendMessage"))
+
+    # ✗ on the top result: the same message now lists the re-ranked shots, without it.
+    top = expected.results[0]
+    await h.feed(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=listing, data=keys["✗1"]))
+    [edit] = edits_of(h, listing)
+    assert len(h.srv.calls_of("sendMessage")) == sent
+    no = Feedback(negatives=(Mark(top.shot_id, top.crop),))
+    refined = h.engine.search("Twins", [screenshot()], top=50, feedback=no)
+    assert listed_shots(edit.result["text"]) == shots(refined)[:5] and top.shot not in listed_shots(edit.result["text"])
+    assert "Re-ranked with your feedback (✓ 0 · ✗ 1)" in edit.result["text"]
+    assert f"Shot {top.shot} removed" in last_answer(h)
+
+    # ✓ on the last one of the new list: both taps count.
+    last = refined.results[len(listed_shots(edit.result["text"])) - 1]
+    rank = len(listed_shots(edit.result["text"]))
+    await h.feed(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=edit.result,
+                                 data=buttons(edit.result)[f"✓{rank}"]))
+    second = edits_of(h, listing)[-1]
+    both = Feedback(positives=(Mark(last.shot_id, last.crop),), negatives=no.negatives)
+    again = h.engine.search("Twins", [screenshot()], top=50, feedback=both)
+    now = listed_shots(second.result["text"])
+    assert now == shots(again)[:5] and now[0] == last.shot
+    assert "(✓ 1 · ✗ 1)" in second.result["text"] and len(h.srv.calls_of("sendMessage")) == sent
+
+    # A button of the list as it was before the last tap: refused, nothing edited.
+    await h.feed(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=edit.result,
+                                 data=buttons(edit.result)["✗2"]))
+    assert "changed" in last_answer(h) and len(edits_of(h, listing)) == 2
+
+    # /stats: one answer, corrected, with a ✗.
+    await h.feed(h.text("/stats"))
+    assert "Feedback: 1 of 1 answers corrected (100%); 1 with a ✗; taps ✓ 1 · ✗ 1" in h.sent_texts()[-1]
+
+
+async def test_forged_and_foreign_feedback_buttons_change_nothing(h) -> None:
+    await h.feed(h.photo(screenshot()))
+    listing = h.srv.calls_of("sendMessage")[-1].result
+    data = FeedbackButton.unpack(buttons(listing)["✗1"])
+    forged = [
+        data.model_copy(update={"rank": 42}).pack(),  # a rank the answer does not have
+        data.model_copy(update={"page": "AAAAAAAAAAA"}).pack(),  # no such page
+        f"fb:{data.page}:0:1:x",  # no such verdict
+        f"fb:{data.page}:0:+1:n",  # not the bot's digits
+    ]
+    for forged_data in forged:
+        await h.feed(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=listing, data=forged_data))
+        assert "Send the screenshot again" in last_answer(h), forged_data
+    # The page pressed in another chat (Bob's) is not found there.
+    bob_chat = private_chat(BOB["id"], "Bob", "bob")
+    await h.feed(callback_update(h.srv, chat=bob_chat, from_user=BOB, message={**listing, "chat": bob_chat},
+                                 data=data.pack()))
+    assert "Send the screenshot again" in last_answer(h)
+    # Someone else in the chat: the asker's answer is theirs to correct.
+    await h.feed(callback_update(h.srv, chat=ALICE_CHAT, from_user=BOB, message=listing, data=data.pack()))
+    assert "Only the person who asked" in last_answer(h)
+    assert edits_of(h, listing) == []
+    usage = await h.app.storage.stats()
+    assert (usage.corrected, usage.yes_taps, usage.no_taps) == (0, 0, 0)
+
+
+async def test_a_database_of_the_previous_schema_opens_and_its_pages_expire_politely(tmp_path: Path) -> None:
+    import aiosqlite
+
+    path = tmp_path / "old.sqlite3"
+    async with aiosqlite.connect(path) as db:
+        await migrate(db, target=2)
+        old = {"results": [{"rank": 1, "shot": 3, "scene": None, "start_s": 1.0, "end_s": 2.0, "confidence": 0.9,
+                            "thumbnail": "", "low_confidence": False}], "notes": []}
+        await db.execute("INSERT INTO result_pages VALUES (?,?,?,?,?,?,?,?,?)",
+                         ("oldpage", USER_ID, USER_ID, None, None, "Twins", 5, json.dumps(old), 0.0))
+        await db.commit()
+    storage = await Storage.open(path)
+    try:
+        page = await storage.results("oldpage", chat_id=USER_ID)
+        assert page is not None and page.results[0].shot == 3 and page.slug == "" and page.version == 0
+        assert await storage.query_vectors("oldpage", chat_id=USER_ID) is None
+        # An old page takes no feedback: its list gets no ✓/✗ buttons.
+        assert results_keyboard(page, page.results, 1) is None
+        assert (await storage.stats()).corrected == 0
+        async with aiosqlite.connect(path) as db:
+            assert await schema_version(db) == SCHEMA_VERSION == 3
+    finally:
+        await storage.close()
+
+
+def test_stored_vectors_are_bounded_and_read_back() -> None:
+    rows = np.random.default_rng(0).normal(size=(500, 768)).astype(np.float32)
+    packed = pack({"dinov2": rows, "face": np.zeros((0, 512), np.float32)})
+    assert packed is not None and len(packed) < 60_000
+    back = unpack(packed)
+    assert back is not None and back["dinov2"].shape == (32, 768) and back["face"].shape == (0, 512)
+    assert unpack(b"not an npz") is None

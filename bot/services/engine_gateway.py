@@ -9,7 +9,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
-from core import MovieInfo, MovieNotFoundError, Person, Progress, QueryImage, SearchResponse
+from core import Feedback, MovieInfo, MovieNotFoundError, Person, Progress, QueryImage, SearchResponse
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class EngineLike(Protocol):
     def annotate_people(self, image: Any, people: Sequence[Person]) -> bytes: ...
     def search(self, movie: Any, queries: Any, *, top: int = 5, aggregation: str | None = None,
                progress: Callable[[Progress], None] = ...) -> SearchResponse: ...
+    def refine(self, movie: Any, query_vectors: Any, feedback: Feedback, *, top: int = 5) -> SearchResponse: ...
 
 
 def movie_key(slug: str) -> str:
@@ -113,6 +114,10 @@ class EngineGateway:
                     pass
 
         return await self._heavy(lambda: self.engine.search(movie, queries, top=top, progress=progress))
+
+    async def refine(self, movie: MovieInfo, vectors: Any, feedback: Feedback, *, top: int) -> SearchResponse:
+        """A stored query searched again with the user's feedback (no screenshots, no models)."""
+        return await self._heavy(lambda: self.engine.refine(movie, vectors, feedback, top=top))
 
     def close(self) -> None:
         """Drop queued engine calls; running ones finish on their threads (they cannot be interrupted)."""
