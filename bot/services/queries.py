@@ -289,10 +289,12 @@ class QueryService:
         stored = stored_results(response)
         target = ctx.target
         # The query's vectors go with the page: "✓"/"✗" on a result re-rank it (services/feedback.py).
+        # Without them (an engine that gives none) the page takes no feedback: no slug, no buttons.
+        query = pack(response.query_vectors)
         page = await self.storage.save_results(
             chat_id=target.chat_id, user_id=ctx.user_id, reply_to=target.reply_to, thread_id=target.thread_id,
             movie=response.movie, page_size=ctx.topk, results=stored, notes=notes,
-            slug=ctx.movie.slug, build_id=ctx.movie.build_id, query=pack(response.query_vectors),
+            slug=ctx.movie.slug if query else "", build_id=ctx.movie.build_id if query else "", query=query,
         )
         await ResultSender(ctx.bot, self.thumbnails).send_page(page, 0)
         ctx.record.results = len(stored)
