@@ -22,9 +22,12 @@ from core import MovieInfo
 
 from . import texts
 from .services.engine_gateway import movie_key
+from .services.storage import ResultPage, StoredResult
 from .settings import MAX_RESULTS_CAP
 
 MAX_PICK_BUTTONS = 10
+MAX_FEEDBACK_TAPS = 999  # taps on one answer; past it the buttons stop (bot/handlers/feedback.py)
+_FEEDBACK_ROW = 5  # "✓n" buttons a row, then as many "✗n"
 _STORED_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # storage.new_id(): URL-safe base64
 _MOVIE_KEY = re.compile(r"[0-9a-f]{10}")  # engine_gateway.movie_key
 
@@ -117,6 +120,38 @@ def cast_keyboard(sheet_id: str, labels: Sequence[str]) -> InlineKeyboardMarkup:
     return builder.as_markup()
 
 
+class FeedbackButton(CallbackData, prefix="fb"):
+    """ "✓ that's them" (verdict "y") or "✗ not them" ("n") on result `rank` of a page, as the
+    page stood at `version` (its number of taps): a tap on a list that changed since is refused."""
+
+    page: str  # ResultPage.id
+    version: int
+    rank: int
+    verdict: str
+
+    @field_validator("page", mode="before")
+    @classmethod
+    def _page(cls, value: object) -> str:
+        return _matching(_STORED_ID, value, "page id")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: object) -> int:
+        return ascii_number(value, 0, MAX_FEEDBACK_TAPS)
+
+    @field_validator("rank", mode="before")
+    @classmethod
+    def _rank(cls, value: object) -> int:
+        return ascii_number(value, 1, MAX_RESULTS_CAP)
+
+    @field_validator("verdict", mode="before")
+    @classmethod
+    def _verdict(cls, value: object) -> str:
+        if value not in ("y", "n"):
+            raise ValueError("not a verdict")
+        return str(value)
+
+
 def movies_keyboard(movies: Sequence[MovieInfo]) -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     for m in movies:
@@ -140,4 +175,26 @@ def people_keyboard(pick_id: str, count: int) -> InlineKeyboardMarkup:
 def more_keyboard(page_id: str, offset: int, remaining: int) -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     builder.button(text=texts.more_button(remaining), callback_data=MoreResults(page=page_id, offset=offset))
+    return builder.as_markup()
+
+
+def results_keyboard(page: ResultPage, shown: Sequence[StoredResult], next_offset: int) -> InlineKeyboardMarkup | None:
+    """Under a list of results: "✓n" and "✗n" for each result shown (when the page keeps its
+    query for feedback), then "More" while results remain. None when there is no button."""
+    builder = InlineKeyboardBuilder()
+    rows: list[int] = []
+    if page.slug and shown and page.version < MAX_FEEDBACK_TAPS:
+        for verdict, label in (("y", texts.feedback_yes_button), ("n", texts.feedback_no_button)):
+            for r in shown:
+                builder.button(text=label(r.rank), callback_data=FeedbackButton(page=page.id, version=page.version,
+                                                                              rank=r.rank, verdict=verdict))
+            rows += [_FEEDBACK_ROW] * (len(shown) // _FEEDBACK_ROW) + ([len(shown) % _FEEDBACK_ROW]
+                                                                       if len(shown) % _FEEDBACK_ROW else [])
+    remaining = len(page.results) - next_offset
+    if remaining > 0:
+        builder.button(text=texts.more_button(remaining), callback_data=MoreResults(page=page.id, offset=next_offset))
+        rows.append(1)
+    if not rows:
+        return None
+    builder.adjust(*rows)
     return builder.as_markup()

@@ -438,3 +438,45 @@ def timeline_caption(timeline: Timeline) -> str:
     lines.append("<i>Screen time adds up the lengths of every confident matched shot in the film, "
                  "not only those listed.</i>")
     return "\n".join(lines)
+
+
+# -- feedback on results ("✓ that's them" / "✗ not them", bot/handlers/feedback.py) ------------
+def feedback_yes_button(rank: int) -> str:
+    return f"✓{rank}"
+
+
+def feedback_no_button(rank: int) -> str:
+    return f"✗{rank}"
+
+
+def feedback_applied(verdict: str, r: StoredResult) -> str:
+    """The answer to the tap (a toast): what changed."""
+    shot = shot_label(r.shot, r.scene)
+    if verdict == "y":
+        return f"✓ Shot {shot}: searching with this person's views too."
+    return f"✗ Shot {shot} removed; look-alikes moved down."
+
+
+def feedback_note(yes: int, no: int) -> str:
+    """Under a list re-ranked by feedback: the albums above it were sent with the first answer."""
+    return (f"🔁 Re-ranked with your feedback (✓ {yes} · ✗ {no}). The pictures above are from the first "
+            "answer; the numbers here are the new ranking.")
+
+
+def feedback_not_yours() -> str:
+    return "Only the person who asked can correct these results."
+
+
+def feedback_stale() -> str:
+    return "This list has changed since: tap a button on the new one."
+
+
+def feedback_failed(reason: str) -> str:
+    return f"These results cannot be re-ranked: {quote(reason)}"
+
+
+def feedback_stats(s: UsageStats) -> str:
+    """/stats: how often users correct the bot."""
+    share = f"{100 * s.corrected / s.answered:.0f}%" if s.answered else "—"
+    return (f"Feedback: {s.corrected} of {s.answered} answers corrected ({share}); {s.rejected} with a ✗; "
+            f"taps ✓ {s.yes_taps} · ✗ {s.no_taps}")

@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=12, help="how many people to list (default 12; the most screen time)")
     p.add_argument("--save", type=Path, help="write a contact sheet of them here (JPEG)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--not", type=int, action="append", default=[], dest="not_shots", metavar="SHOT",
+                   help="feedback: the person found in this shot (a number as printed) is not the one searched "
+                        "for; the shot leaves the results and look-alikes go down (repeatable)")
+    p.add_argument("--yes", type=int, action="append", default=[], dest="yes_shots", metavar="SHOT",
+                   help="feedback: the person found in this shot is the one; their views in it join the query "
+                        "(repeatable)")
 
     p = sub.add_parser("people", parents=[flags], help="number the people in a screenshot")
     p.add_argument("image", type=Path)
@@ -300,15 +306,18 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         # Before any model loads: fail fast on a typo. The index's own channels load on demand;
         # the engine checks the images (how many, regular files) before any work.
         info = engine.resolve_movie(args.movie)
+        feedback = (engine.feedback_for(info, yes=args.yes_shots, no=args.not_shots)
+                    if args.yes_shots or args.not_shots else None)
         channels = channel_list(args.search_channels) or None
         try:
             if args.cast is not None:
                 response = engine.search_identity(info, _cast_member(engine, info, args.cast).identity, top=args.top,
-                                                  aggregation=args.aggregation, channels=channels, progress=bars)
+                                                  aggregation=args.aggregation, channels=channels, progress=bars,
+                                                  feedback=feedback)
             else:
                 response = engine.search(info, [QueryImage(p, select=select, name=str(p)) for p in args.images],
                                          top=args.top, aggregation=args.aggregation, channels=channels,
-                                         progress=bars)
+                                         progress=bars, feedback=feedback)
         finally:
             bars.close()
     saved: list[str] = []  # what to say about the timeline: after the table, or on stderr beside --json

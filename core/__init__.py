@@ -25,13 +25,13 @@ _EXPORTS = {
     "Settings": ".settings",
     "DamagedMovie": ".types", "IndexReport": ".types", "MovieInfo": ".types", "Person": ".types", "Progress": ".types",
     "RankedShot": ".types", "SearchResponse": ".types", "Shot": ".types", "ShotResult": ".types",
-    "Timeline": ".types", "TimelineShot": ".types",
+    "Timeline": ".types", "TimelineShot": ".types", "Feedback": ".types", "Mark": ".types",
 }
 
 __all__ = [
     "AmbiguousMovieError", "BadInputError", "CastMember", "CastUnavailableError", "CastfinderError",
-    "DamagedIndexError", "DamagedMovie", "Engine",
-    "IndexCorruptError", "IndexReport", "ModelMismatchError", "ModelNotFoundError", "MovieInfo",
+    "DamagedIndexError", "DamagedMovie", "Engine", "Feedback", "IndexCorruptError", "IndexReport", "Mark",
+    "ModelMismatchError", "ModelNotFoundError", "MovieInfo",
     "MovieNotFoundError", "Person", "Progress", "QueryImage", "RankedShot", "SearchResponse", "Settings",
     "SettingsError", "Shot", "ShotResult", "Timeline", "TimelineShot", "format_ts", "slugify",
 ]
@@ -70,7 +70,9 @@ if TYPE_CHECKING:
     from .types import (
         CastMember,
         DamagedMovie,
+        Feedback,
         IndexReport,
+        Mark,
         MovieInfo,
         Person,
         Progress,

@@ -30,6 +30,7 @@ from .models.channels import Channel
 from .models.detector import PersonDetector
 from .models.factory import make_channel, make_detector
 from .naming import slugify
+from .search import feedback as feedback_plan
 from .search.annotate import draw_people
 from .search.fusion import Hits, fuse
 from .search.images import ImageLike, QueryImage, Selection, crop, load_image
@@ -40,11 +41,13 @@ from .store import IndexCatalog, IndexDamage, MovieIndex, damaged_movie, read_ma
 from .types import (
     CastMember,
     DamagedMovie,
+    Feedback,
     IndexReport,
     MovieInfo,
     Person,
     Progress,
     ProgressCallback,
+    QueryVectors,
     RankedShot,
     SearchResponse,
     ShotResult,
@@ -241,27 +244,75 @@ class Engine:
         aggregation: str | None = None,
         channels: Sequence[str] | None = None,
         progress: ProgressCallback = no_progress,
+        feedback: Feedback | None = None,
     ) -> SearchResponse:
         """The best shots of `movie` for the people in `queries`.
 
         `channels` restricts the search to some of the index's channels (default: all of them).
         With one channel, `aggregation` turns its hits into shot scores; with several, evidence
         is fused per track (see core.search.fusion) and shots are ranked by calibrated confidence.
-        The response's `speed` holds the seconds of each stage: people, embed, search, rank.
+        `feedback` (results judged "that's them" / "not them") changes the ranking as
+        core.search.feedback says. The response's `speed` holds the seconds of each stage:
+        people, embed, search, rank; its `query_vectors` are what `refine` takes.
         """
         started = time.perf_counter()
-        method = aggregation or self.settings.aggregation
-        if top < 1:
-            raise BadInputError("--top must be at least 1.")
         wanted = self._check_queries(queries)
-        index = self.open_index(movie)
-        use = _pick_channels(index.info.channels, channels)
-        _check_aggregation(use, method)
+        index, use, method = self._plan_search(movie, top, aggregation, channels)
         speed = dict.fromkeys(_SEARCH_STAGES, 0.0)
         clock = time.perf_counter()
         crops, whole = self._query_crops(wanted, progress)
         speed["people"] = time.perf_counter() - clock
-        return self._respond(index, use, method, top, crops, speed, started, progress, whole=whole)
+        progress(Progress("search", 0, 1, "step"))
+        vectors = self._embed(index, use, crops, speed)
+        response = self._ranked(index, use, method, vectors, feedback, top, speed, started,
+                                query_crops=len(crops), whole=whole)
+        progress(Progress("search", 1, 1, "step"))
+        return response
+
+    def refine(
+        self,
+        movie: str | MovieInfo,
+        query_vectors: QueryVectors,
+        feedback: Feedback,
+        *,
+        top: int = 5,
+        aggregation: str | None = None,
+        channels: Sequence[str] | None = None,
+    ) -> SearchResponse:
+        """A search again from a response's `query_vectors` (no screenshots, no models), with
+        `feedback`: the way a front-end refreshes results the user judged. The vectors must be
+        of this index's channels (a channel missing from them has no query rows: only the
+        feedback's own rows speak in it)."""
+        started = time.perf_counter()
+        index, use, method = self._plan_search(movie, top, aggregation, channels)
+        vectors: QueryVectors = {}
+        for name in use:
+            dim = index.channel(name).dim
+            rows = np.asarray(query_vectors.get(name, np.zeros((0, dim))), dtype=np.float32)
+            if rows.ndim != 2 or rows.shape[1] != dim or not np.isfinite(rows).all():
+                raise BadInputError(f"the query's {name} vectors do not fit this index ({dim}-d); search again.")
+            vectors[name] = rows
+        if not any(len(v) for v in vectors.values()) and not feedback.positives:
+            raise BadInputError("nothing to search for: the query has no vectors; search again.")
+        speed = dict.fromkeys(_SEARCH_STAGES, 0.0)
+        count = max((len(v) for v in vectors.values()), default=0)
+        return self._ranked(index, use, method, vectors, feedback, top, speed, started, query_crops=count, whole=0)
+
+    def feedback_for(self, movie: str | MovieInfo, *, yes: Sequence[int] = (), no: Sequence[int] = ()) -> Feedback:
+        """Feedback on shots as their numbers are printed (`ShotResult.shot`): `yes` "that's
+        them", `no` "not them"; each shot's person is the one that best matches the query."""
+        index = self.open_index(movie)
+        return Feedback(feedback_plan.marks_for_shots(index, yes), feedback_plan.marks_for_shots(index, no))
+
+    def _plan_search(self, movie: str | MovieInfo, top: int, aggregation: str | None,
+                     channels: Sequence[str] | None) -> tuple[MovieIndex, list[str], str]:
+        method = aggregation or self.settings.aggregation
+        if top < 1:
+            raise BadInputError("--top must be at least 1.")
+        index = self.open_index(movie)
+        use = _pick_channels(index.info.channels, channels)
+        _check_aggregation(use, method)
+        return index, use, method
 
     # -- the cast -------------------------------------------------------------------------
     def cast(self, movie: str | MovieInfo) -> list[CastMember]:
@@ -292,43 +343,47 @@ class Engine:
         aggregation: str | None = None,
         channels: Sequence[str] | None = None,
         progress: ProgressCallback = no_progress,
+        feedback: Feedback | None = None,
     ) -> SearchResponse:
         """The same search as `search`, seeded with a cast member's own face crops (the stored
         vectors of at most CASTFINDER_CAST_SEEDS of them, in every channel) instead of
         screenshots' people. `identity` is `CastMember.identity`."""
         started = time.perf_counter()
-        method = aggregation or self.settings.aggregation
-        if top < 1:
-            raise BadInputError("--top must be at least 1.")
-        index = self.open_index(movie)
+        index, use, method = self._plan_search(movie, top, aggregation, channels)
         members = self.cast(index.info)
         member = next((m for m in members if m.identity == identity), None)
         if member is None:
             raise BadInputError(f"{index.info.name!r} has no cast member {identity}; its cast has "
                                 f"{len(members)} (see castfinder cast --movie {shlex.quote(index.info.name)}).")
-        use = _pick_channels(index.info.channels, channels)
-        _check_aggregation(use, method)
         speed = dict.fromkeys(_SEARCH_STAGES, 0.0)
-        seeds = _seed_crops(index, member, self.settings.cast_seeds)
-        return self._respond(index, use, method, top, Seeds(seeds), speed, started, progress)
-
-    def _respond(self, index: MovieIndex, use: list[str], method: str, top: int, queries: list[Image.Image] | Seeds,
-                 speed: dict[str, float], started: float, progress: ProgressCallback, *, whole: int = 0
-                 ) -> SearchResponse:
-        """Hits, ranking and results: one path for screenshots and cast members alike."""
         progress(Progress("search", 0, 1, "step"))
-        hits = self._hits(index, use, queries, speed)
         clock = time.perf_counter()
-        ranked = self._rank(index, hits, use, method)
+        seeds = Seeds(_seed_crops(index, member, self.settings.cast_seeds))
+        vectors: QueryVectors = {name: seeds.vectors(index, name) for name in use}
+        speed["embed"] += time.perf_counter() - clock
+        response = self._ranked(index, use, method, vectors, feedback, top, speed, started,
+                                query_crops=len(seeds.crop_ids), whole=0)
+        progress(Progress("search", 1, 1, "step"))
+        return response
+
+    def _ranked(self, index: MovieIndex, use: list[str], method: str, vectors: QueryVectors,
+                feedback: Feedback | None, top: int, speed: dict[str, float], started: float, *,
+                query_crops: int, whole: int) -> SearchResponse:
+        """The one path from query vectors (of screenshots' people, of a cast member, or stored
+        with an earlier answer) and feedback to the response."""
+        s = self.settings
+        plan = feedback_plan.plan(index, feedback or Feedback(), vectors, use, k=s.search_k,
+                                  weight=s.feedback_negative_weight, per_track=s.feedback_track_crops)
+        hits = self._hits(use, vectors, plan, speed)
+        clock = time.perf_counter()
+        ranked = [r for r in self._rank(index, hits, use, method, plan.search) if r.shot_id not in plan.removed]
         results = self._results(index, ranked[:top])
         timeline = self._timeline(index, ranked, results)
         speed["rank"] = time.perf_counter() - clock
-        progress(Progress("search", 1, 1, "step"))
-        count = len(queries.crop_ids) if isinstance(queries, Seeds) else len(queries)
         return SearchResponse(
-            movie=index.info.name, slug=index.info.slug, results=results, query_crops=count,
+            movie=index.info.name, slug=index.info.slug, results=results, query_crops=query_crops,
             whole_image_queries=whole, aggregation=method, elapsed_s=time.perf_counter() - started,
-            speed=speed, timeline=timeline,
+            speed=speed, timeline=timeline, query_vectors=vectors,
         )
 
     def timeline_png(self, response: SearchResponse) -> bytes:
@@ -379,26 +434,31 @@ class Engine:
             progress(Progress("people", n, len(queries), "image"))
         return crops, whole
 
-    def _hits(self, index: MovieIndex, use: list[str], queries: list[Image.Image] | Seeds,
-              speed: dict[str, float]) -> Hits:
-        """Per channel, the FAISS hits of the queries' vectors (one row per query crop): query
-        crops embedded with the index's models, or a cast member's stored vectors. Adds the
-        seconds spent embedding and searching to `speed`."""
+    def _embed(self, index: MovieIndex, use: list[str], crops: list[Image.Image],
+               speed: dict[str, float]) -> QueryVectors:
+        """Per channel, the crops' vectors by the model the index was built with (a face channel
+        has rows only for the crops with a face); adds the seconds to `speed`."""
+        vectors: QueryVectors = {}
+        for name in use:
+            clock = time.perf_counter()
+            vectors[name] = self.channel_for(name, index.channel(name).model).encode(crops).vectors
+            speed["embed"] += time.perf_counter() - clock
+        return vectors
+
+    def _hits(self, use: list[str], vectors: QueryVectors, plan: feedback_plan.Plan, speed: dict[str, float]) -> Hits:
+        """Per channel, the FAISS hits of the query's rows and the feedback's positive rows (one
+        row of hits per vector), with the negatives applied; adds the seconds to `speed`."""
         hits: Hits = {}
         for name in use:
             clock = time.perf_counter()
-            if isinstance(queries, Seeds):
-                vectors = queries.vectors(index, name)
-            else:
-                vectors = self.channel_for(name, index.channel(name).model).encode(queries).vectors
-            speed["embed"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            hits[name] = index.search(name, vectors, self.settings.search_k)
+            hits[name] = plan.search(name, plan.rows(name, vectors[name]))
             speed["search"] += time.perf_counter() - clock
         return hits
 
-    def _rank(self, index: MovieIndex, hits: Hits, use: list[str], method: str) -> list[RankedShot]:
-        """Shots best first: one channel's hits aggregated by `method`, or several channels fused."""
+    def _rank(self, index: MovieIndex, hits: Hits, use: list[str], method: str,
+              search: feedback_plan.SearchFn) -> list[RankedShot]:
+        """Shots best first: one channel's hits aggregated by `method`, or several channels fused
+        (propagation searching through `search`, so that feedback holds in its second round)."""
         s = self.settings
         if len(use) == 1:
             sims, ids = hits[use[0]]
@@ -406,11 +466,7 @@ class Engine:
             return aggregate(sims, ids, index.crop_shot, method, rrf_k=s.rrf_k,
                              count_from=calib.similarity_at(s.low_score),
                              confidence=lambda sim: float(calib.confidence(sim)))
-
-        def propagate(channel: str, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return index.search(channel, vectors, s.search_k)
-
-        return fuse(index, hits, use_tracks=s.tracks, expand_with=propagate if s.expand else None)
+        return fuse(index, hits, use_tracks=s.tracks, expand_with=search if s.expand else None)
 
     def _timeline(self, index: MovieIndex, ranked: list[RankedShot], results: list[ShotResult]) -> Timeline:
         """Every confident match over the film, not only the page of results (the best
@@ -436,7 +492,7 @@ class Engine:
                 thumbnail=index.thumbnail(shot.id),
                 frame_s=float(index.crop_time[r.best_crop]), bbox=(x1, y1, x2, y2),
                 similarity=r.similarity, confidence=r.confidence,
-                low_confidence=r.confidence < self.settings.low_score,
+                low_confidence=r.confidence < self.settings.low_score, crop=r.best_crop,
             ))
         return results
 

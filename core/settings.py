@@ -187,6 +187,11 @@ class Settings(BaseSettings):
     # up to this many shots (the best ones; the summary then says "at least"). A lead character of a
     # two-hour film is in a few hundred shots; the cap only bounds a pathological query's work.
     timeline_max_shots: int = Field(1000, ge=1, le=100_000)
+    # Feedback ("not them"): a hit nearer the rejected person than the query loses this many times
+    # the difference of the two similarities (0: the rejected shot only leaves the results) ...
+    feedback_negative_weight: float = Field(2.0, ge=0.0, le=10.0)
+    # ... and each judged person's track gives at most this many of its crops as query vectors.
+    feedback_track_crops: int = Field(8, ge=1, le=64)
     index_cache_size: int = Field(4, ge=1, le=64)
     # Larger query images are refused before decoding (decompression bombs), and larger frames of a
     # frames folder skipped with a warning (at most Pillow's own hard limit, 2 × its MAX_IMAGE_PIXELS,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
+
+if TYPE_CHECKING:  # numpy only for the annotations: `from core import format_ts` stays light
+    import numpy as np
 
 BBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the source frame
 
@@ -64,6 +67,9 @@ class ShotResult:
     similarity: float  # best raw cosine similarity behind the result, whatever the aggregation
     confidence: float  # calibrated probability that this is the queried person (core.search.calibration)
     low_confidence: bool  # confidence under the low-score setting: show it as a weak match
+    # The crop (index row) showing the matched person: what feedback on this result names
+    # (`Mark`). -1 where unknown (results made by hand).
+    crop: int = -1
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -74,6 +80,35 @@ class ShotResult:
         data["frame_s"] = round(self.frame_s, 3)
         data["confidence"] = round(self.confidence, 4)
         return data
+
+
+QueryVectors = dict[str, "np.ndarray"]  # channel -> m×dim float32, L2-normalised
+
+
+@dataclass(frozen=True)
+class Mark:
+    """One result a user judged: the shot, and the crop that showed the person in it
+    (`ShotResult.crop`). Without the crop, the engine takes the shot's best match to the query."""
+
+    shot_id: int  # Shot.id
+    crop: int | None = None
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What a user said about the results of a query, accumulated over their taps.
+
+    - `positives` ("that's them"): the person's whole track in that shot (the crops of the same
+      tracked person) joins the query as extra query vectors;
+    - `negatives` ("not them"): the shot leaves the results, the crops of that person's track are
+      dropped, and hits nearer that person than the query are pushed down (`Engine` docs).
+    """
+
+    positives: tuple[Mark, ...] = ()
+    negatives: tuple[Mark, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.positives or self.negatives)
 
 
 @dataclass(frozen=True)
@@ -183,6 +218,9 @@ class SearchResponse:
     # Every confident match over the film (not only the `top` results) and the weak ones among the
     # results: `Engine.timeline_png` draws it. None from engines that do not compute it.
     timeline: Timeline | None = None
+    # Per channel, the query's own vectors (one row per query crop that channel could embed):
+    # what `Engine.refine` searches again with feedback, without the screenshots.
+    query_vectors: QueryVectors = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
         """The stable machine-readable form printed by `castfinder search --json`."""

@@ -17,7 +17,8 @@ from .replies import respond
 async def on_stats(message: Message, db: Storage, queue: QueryQueue, gateway: EngineGateway) -> None:
     usage = await db.stats()
     movies = len(await gateway.movies())
-    await respond(message, texts.stats(usage, running=queue.running, waiting=queue.waiting, movies=movies))
+    text = texts.stats(usage, running=queue.running, waiting=queue.waiting, movies=movies)
+    await respond(message, f"{text}\n{texts.feedback_stats(usage)}")
 
 
 async def on_stats_refused(message: Message) -> None:

@@ -14,7 +14,7 @@ from aiogram.exceptions import TelegramBadRequest
 from aiogram.types import CallbackQuery, Message
 
 from .. import texts
-from ..keyboards import MoreResults, PersonChoice
+from ..keyboards import MoreResults, PersonChoice, results_keyboard
 from ..middlewares.throttling import ENGINE_QUERY
 from ..services.queries import QueryService
 from ..services.storage import Storage
@@ -65,9 +65,10 @@ async def on_more(
         return
     if isinstance(callback.message, Message):
         # The button goes first: a second tap (or a concurrent one) then finds nothing to
-        # remove, and the page is not sent twice.
+        # remove, and the page is not sent twice. The list's ✓/✗ buttons stay (handlers/feedback.py).
+        shown = page.results[max(0, callback_data.offset - page.page_size) : callback_data.offset]
         try:
-            await callback.message.edit_reply_markup(reply_markup=None)
+            await callback.message.edit_reply_markup(reply_markup=results_keyboard(page, shown, len(page.results)))
         except TelegramBadRequest:
             await callback.answer()
             return

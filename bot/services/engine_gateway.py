@@ -9,7 +9,17 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
-from core import CastMember, MovieInfo, MovieNotFoundError, Person, Progress, QueryImage, SearchResponse, Settings
+from core import (
+    CastMember,
+    Feedback,
+    MovieInfo,
+    MovieNotFoundError,
+    Person,
+    Progress,
+    QueryImage,
+    SearchResponse,
+    Settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,7 @@ class EngineLike(Protocol):
     def search_identity(self, movie: Any, identity: int, *, top: int = 5, aggregation: str | None = None,
                         progress: Callable[[Progress], None] = ...) -> SearchResponse: ...
     def timeline_png(self, response: SearchResponse) -> bytes: ...
+    def refine(self, movie: Any, query_vectors: Any, feedback: Feedback, *, top: int = 5) -> SearchResponse: ...
 
 
 def movie_key(slug: str) -> str:
@@ -139,6 +150,10 @@ class EngineGateway:
     async def timeline(self, response: SearchResponse) -> bytes:
         """The response's screen-time timeline picture (PNG)."""
         return await self._heavy(self.engine.timeline_png, response)
+
+    async def refine(self, movie: MovieInfo, vectors: Any, feedback: Feedback, *, top: int) -> SearchResponse:
+        """A stored query searched again with the user's feedback (no screenshots, no models)."""
+        return await self._heavy(lambda: self.engine.refine(movie, vectors, feedback, top=top))
 
     def close(self) -> None:
         """Drop queued engine calls; running ones finish on their threads (they cannot be interrupted)."""

@@ -31,9 +31,10 @@ from ..errors import QueryRefused, explain
 from ..keyboards import people_keyboard
 from ..settings import BotSettings
 from .engine_gateway import EngineGateway
+from .feedback import pack, stored_results
 from .limits import QueryQueue, QueueFull, Ticket, UserBusy
 from .status import StatusMessage, chat_action
-from .storage import ChatSettings, PendingPick, QueryLogEntry, Storage, StoredResult
+from .storage import ChatSettings, PendingPick, QueryLogEntry, Storage
 from .telegram_io import ImageRef, ReplyTarget, ResultSender, ThumbnailCache, check_ref, download
 
 log = logging.getLogger(__name__)
@@ -306,15 +307,15 @@ class QueryService:
         notes = list(ctx.notes)
         if response.whole_image_queries:
             notes.append(texts.whole_image_note(response.whole_image_queries, len(ctx.images)))
-        stored = [
-            StoredResult(r.rank, r.shot, r.scene, r.start_s, r.end_s, r.confidence, r.thumbnail or "",
-                         r.low_confidence)
-            for r in response.results
-        ]
+        stored = stored_results(response)
         target = ctx.target
+        # The query's vectors go with the page: "✓"/"✗" on a result re-rank it (services/feedback.py).
+        # Without them (an engine that gives none) the page takes no feedback: no slug, no buttons.
+        query = pack(response.query_vectors)
         page = await self.storage.save_results(
             chat_id=target.chat_id, user_id=ctx.user_id, reply_to=target.reply_to, thread_id=target.thread_id,
             movie=response.movie, page_size=ctx.topk, results=stored, notes=notes,
+            slug=ctx.movie.slug if query else "", build_id=ctx.movie.build_id if query else "", query=query,
         )
         await ResultSender(ctx.bot, self.thumbnails).send_page(page, 0, timeline=await self._timeline(response))
         ctx.record.results = len(stored)

@@ -70,6 +70,22 @@ MIGRATIONS: list[str] = [
     CREATE INDEX pending_picks_created ON pending_picks(created_at);
     ALTER TABLE query_log ADD COLUMN engine_ms REAL;
     """,
+    # 3: feedback on results ("that's them" / "not them"): the query's vectors kept with its
+    # page so that a tap re-ranks without the screenshots, and every tap, kept for /stats.
+    """
+    ALTER TABLE result_pages ADD COLUMN query BLOB;
+    CREATE TABLE feedback (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        page_id TEXT NOT NULL,
+        chat_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        verdict TEXT NOT NULL,
+        shot_id INTEGER NOT NULL,
+        crop INTEGER NOT NULL
+    );
+    CREATE INDEX feedback_page ON feedback(page_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -98,6 +114,18 @@ class StoredResult:
     confidence: float  # the engine's calibrated confidence, shown as a percentage
     thumbnail: str
     low_confidence: bool
+    # What feedback on the result names (core.Mark); 0 / -1 in pages stored before feedback.
+    shot_id: int = 0
+    crop: int = -1
+
+
+@dataclass(frozen=True)
+class FeedbackTap:
+    """One tap of "that's them" ("yes") or "not them" ("no") on a result."""
+
+    verdict: str
+    shot_id: int
+    crop: int
 
 
 @dataclass(frozen=True)
@@ -111,6 +139,11 @@ class ResultPage:
     page_size: int
     results: list[StoredResult]
     notes: list[str] = field(default_factory=list)
+    # For feedback: the movie's slug and build (results name its crops), and how many taps the
+    # results reflect (buttons carry it, so a tap on a list that changed since is told apart).
+    slug: str = ""
+    build_id: str = ""
+    version: int = 0
 
 
 @dataclass(frozen=True)
@@ -149,6 +182,16 @@ class UsageStats:
     latency_p95_ms: float | None
     engine_p50_ms: float | None
     top_movies: list[tuple[str, int]]
+    answered: int = 0  # queries answered with results
+    corrected: int = 0  # answers with any feedback
+    rejected: int = 0  # answers with any "not them"
+    yes_taps: int = 0
+    no_taps: int = 0
+
+
+def _payload(page: ResultPage) -> str:
+    return json.dumps({"results": [asdict(r) for r in page.results], "notes": page.notes, "slug": page.slug,
+                       "build_id": page.build_id, "version": page.version})
 
 
 def new_id() -> str:
@@ -231,15 +274,50 @@ class Storage:
         page_size: int,
         results: list[StoredResult],
         notes: list[str],
+        slug: str = "",
+        build_id: str = "",
+        query: bytes | None = None,
     ) -> ResultPage:
-        page = ResultPage(new_id(), chat_id, user_id, reply_to, thread_id, movie, page_size, results, notes)
-        payload = json.dumps({"results": [asdict(r) for r in results], "notes": notes})
+        """`query`: the query's vectors (bot.services.feedback.pack), for feedback on the page."""
+        page = ResultPage(new_id(), chat_id, user_id, reply_to, thread_id, movie, page_size, results, notes,
+                          slug, build_id)
         await self._db.execute(
-            "INSERT INTO result_pages VALUES (?,?,?,?,?,?,?,?,?)",
-            (page.id, chat_id, user_id, reply_to, thread_id, movie, page_size, payload, self._clock()),
+            "INSERT INTO result_pages (id, chat_id, user_id, reply_to, thread_id, movie, page_size, payload, "
+            "created_at, query) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (page.id, chat_id, user_id, reply_to, thread_id, movie, page_size, _payload(page), self._clock(), query),
         )
         await self._db.commit()
         return page
+
+    async def replace_results(self, page: ResultPage) -> None:
+        """Store `page`'s results (re-ranked by feedback) and version in place of the old ones."""
+        await self._db.execute("UPDATE result_pages SET payload = ? WHERE id = ? AND chat_id = ?",
+                               (_payload(page), page.id, page.chat_id))
+        await self._db.commit()
+
+    async def query_vectors(self, page_id: str, *, chat_id: int) -> bytes | None:
+        """The stored query vectors of a page (bound to its chat like `results`), None if none."""
+        async with self._db.execute(
+            "SELECT query FROM result_pages WHERE id = ? AND chat_id = ?", (page_id, chat_id)
+        ) as cur:
+            row = await cur.fetchone()
+        return bytes(row[0]) if row is not None and row[0] is not None else None
+
+    # -- feedback ------------------------------------------------------------------------
+    async def add_feedback(self, page: ResultPage, *, user_id: int, tap: FeedbackTap) -> None:
+        await self._db.execute(
+            "INSERT INTO feedback (ts, page_id, chat_id, user_id, verdict, shot_id, crop) VALUES (?,?,?,?,?,?,?)",
+            (self._clock(), page.id, page.chat_id, user_id, tap.verdict, tap.shot_id, tap.crop),
+        )
+        await self._db.commit()
+
+    async def feedback(self, page: ResultPage) -> list[FeedbackTap]:
+        """Every tap on the page's results, oldest first."""
+        async with self._db.execute(
+            "SELECT verdict, shot_id, crop FROM feedback WHERE page_id = ? AND chat_id = ? ORDER BY id",
+            (page.id, page.chat_id),
+        ) as cur:
+            return [FeedbackTap(r[0], int(r[1]), int(r[2])) for r in await cur.fetchall()]
 
     async def results(self, page_id: str, *, chat_id: int) -> ResultPage | None:
         """The page `page_id` if it was posted in `chat_id`. A page id is callback data, which a
@@ -254,6 +332,7 @@ class Storage:
         return ResultPage(
             row["id"], row["chat_id"], row["user_id"], row["reply_to"], row["thread_id"], row["movie"],
             row["page_size"], [StoredResult(**r) for r in payload["results"]], payload.get("notes", []),
+            payload.get("slug", ""), payload.get("build_id", ""), payload.get("version", 0),
         )
 
     # -- person choices ------------------------------------------------------------------
@@ -341,9 +420,15 @@ class Storage:
             "GROUP BY movie_slug ORDER BY 2 DESC, 1 LIMIT 5"
         ) as cur:
             top = [(row[0], int(row[1])) for row in await cur.fetchall()]
+        async with db.execute(
+            "SELECT COUNT(DISTINCT page_id), COUNT(DISTINCT CASE WHEN verdict = 'no' THEN page_id END), "
+            "SUM(verdict = 'yes'), SUM(verdict = 'no') FROM feedback"
+        ) as cur:
+            row = await cur.fetchone()
+        corrected, rejected, yes_taps, no_taps = (int(v or 0) for v in row) if row is not None else (0, 0, 0, 0)
         return UsageStats(
             total, last_24h, users, chats, outcomes, percentile(latencies, 0.5), percentile(latencies, 0.95),
-            percentile(engine, 0.5), top,
+            percentile(engine, 0.5), top, outcomes.get("ok", 0), corrected, rejected, yes_taps, no_taps,
         )
 
 

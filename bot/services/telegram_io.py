@@ -24,7 +24,7 @@ from aiogram.types import (
 
 from .. import texts
 from ..errors import QueryRefused
-from ..keyboards import more_keyboard
+from ..keyboards import results_keyboard
 from ..settings import ALBUM_MAX
 from .storage import ResultPage, StoredResult
 
@@ -205,6 +205,18 @@ class ThumbnailCache:
             self._ids.popitem(last=False)
 
 
+def list_message(page: ResultPage, offset: int,
+                 notes: Sequence[str] | None = None) -> tuple[str, InlineKeyboardMarkup | None]:
+    """The text and buttons of the list of results [offset, offset + page_size): "✓"/"✗" per
+    result where the page can take feedback, "More" while results remain."""
+    shown = page.results[offset : offset + page.page_size]
+    next_offset = offset + len(shown)
+    if notes is None:
+        notes = page.notes if offset == 0 else []
+    text = texts.results_text(page.movie, shown, total=len(page.results), notes=notes)
+    return text, results_keyboard(page, shown, next_offset)
+
+
 class ResultSender:
     def __init__(self, bot: Bot, cache: ThumbnailCache) -> None:
         self.bot = bot
@@ -219,10 +231,7 @@ class ResultSender:
         await self.send_thumbnails(target, shown)
         if timeline is not None:
             await self.send_timeline(target, *timeline)
-        next_offset = offset + len(shown)
-        remaining = len(page.results) - next_offset
-        markup = more_keyboard(page.id, next_offset, remaining) if remaining > 0 else None
-        text = texts.results_text(page.movie, shown, total=len(page.results), notes=page.notes if offset == 0 else [])
+        text, markup = list_message(page, offset)
         return await target.text(self.bot, text, markup)
 
     async def send_thumbnails(self, target: ReplyTarget, results: Sequence[StoredResult]) -> None:
