@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--timeline", type=Path, metavar="PNG",
                    help="also write the character's screen-time timeline over the whole film here (PNG)")
+    p.add_argument("--not", type=int, action="append", default=[], dest="not_shots", metavar="SHOT",
+                   help="feedback: the person found in this shot (a number as printed) is not the one searched "
+                        "for; the shot leaves the results and look-alikes go down (repeatable)")
+    p.add_argument("--yes", type=int, action="append", default=[], dest="yes_shots", metavar="SHOT",
+                   help="feedback: the person found in this shot is the one; their views in it join the query "
+                        "(repeatable)")
 
     p = sub.add_parser("cast", parents=[flags], help="the movie's main people, found at index time",
                        description="The people of a movie, found by clustering its faces when it was indexed: "
@@ -103,12 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=12, help="how many people to list (default 12; the most screen time)")
     p.add_argument("--save", type=Path, help="write a contact sheet of them here (JPEG)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    p.add_argument("--not", type=int, action="append", default=[], dest="not_shots", metavar="SHOT",
-                   help="feedback: the person found in this shot (a number as printed) is not the one searched "
-                        "for; the shot leaves the results and look-alikes go down (repeatable)")
-    p.add_argument("--yes", type=int, action="append", default=[], dest="yes_shots", metavar="SHOT",
-                   help="feedback: the person found in this shot is the one; their views in it join the query "
-                        "(repeatable)")
 
     p = sub.add_parser("people", parents=[flags], help="number the people in a screenshot")
     p.add_argument("image", type=Path)
