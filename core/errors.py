@@ -82,3 +82,20 @@ class SettingsError(CastfinderError):
 class StorageError(CastfinderError):
     """The disk failed a write while indexing (full, read-only, not permitted, a file-size limit,
     an I/O error); the message names the cause, the fix and what became of the build."""
+
+
+# -- preview clips (core/clips.py) -------------------------------------------------------------
+class ClipError(CastfinderError):
+    """A preview clip that cannot be cut; the message says why and what still works."""
+
+
+class NoVideoError(ClipError):
+    """The movie was indexed from a frames folder: there is no video to cut from."""
+
+
+class SourceMovedError(ClipError):
+    """The video the movie was indexed from is not where it was, or not the same file any more."""
+
+
+class ShotNotFoundError(ClipError):
+    """The movie has no shot of that number."""

@@ -1,0 +1,278 @@
+"""Preview clips (`Engine.clip`, `castfinder clip`, the bot's ▶ buttons): a shot as a short muted
+H.264 MP4 cut from the indexed video, cached in the index folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from castfinder.cli import main
+from core import Engine
+from core.clips import MAX_CLIP_S, ClipCutter, clip_window
+from core.errors import NoVideoError, ShotNotFoundError, SourceMovedError
+from core.types import Shot
+from tests.media import make_frames_folder, make_video
+
+FPS = 24.0
+# 2 s red, 13 s green, 2 s blue (BGR colours), 640×360: shot 2 is longer than a clip.
+SEGMENTS = [((0, 0, 220), 48), ((0, 220, 0), 312), ((220, 0, 0), 48)]
+SIZE = (640, 360)
+
+
+def decode(path: Path) -> tuple[list[float], list[np.ndarray], object]:
+    """(frame times from PTS, RGB frames, the video stream) of an MP4."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        times, frames = [], []
+        for frame in container.decode(stream):
+            times.append(float(frame.pts * frame.time_base))
+            frames.append(frame.to_ndarray(format="rgb24"))
+        info = SimpleNamespace(codec=stream.codec_context.codec.canonical_name, pix_fmt=stream.codec_context.pix_fmt,
+                               width=stream.codec_context.width, height=stream.codec_context.height,
+                               audio=len(container.streams.audio))
+    return times, frames, info
+
+
+def source_frame(video: Path, time_s: float, size: tuple[int, int]) -> np.ndarray:
+    """The source's frame shown at film time `time_s`, upright, at `size`: what the clip should show."""
+    import av
+
+    from core.indexing.onepass import upright
+
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        base = stream.start_time or 0
+        best = None
+        for frame in container.decode(stream):
+            if float((frame.pts - base) * stream.time_base) > time_s + 1e-3:
+                break
+            best = frame
+    assert best is not None
+    turns = round(getattr(best, "rotation", 0) / 90) % 4
+    w, h = (size[1], size[0]) if turns % 2 else size
+    return upright(best, best.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA"))
+
+
+def closest(frame: np.ndarray, candidates: list[np.ndarray]) -> int:
+    return int(np.argmin([np.abs(frame.astype(int) - c.astype(int)).mean() for c in candidates]))
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory, tiny_dinov2: Path) -> tuple[Engine, Path]:
+    """An engine over an index of the synthetic film (tiny models; nobody in it, shots all the same)."""
+    from core import Settings
+
+    folder = tmp_path_factory.mktemp("clips")
+    video = make_video(folder / "film.mp4", SEGMENTS, fps=FPS, size=SIZE)
+    settings = Settings(_env_file=None, index_dir=folder / "indexes", detector="yolov8n.yaml",
+                        dinov2_model=str(tiny_dinov2), device="cpu", det_imgsz=160, channels=["dinov2"],
+                        sample_fps=0.5)
+    engine = Engine(settings, load_models=False)
+    report = engine.index(video, "Clips")
+    assert report.shots == 3
+    return engine, video
+
+
+@pytest.fixture
+def engine(indexed: tuple[Engine, Path]) -> Engine:
+    return indexed[0]
+
+
+def shot(engine: Engine, number: int) -> Shot:
+    return engine.open_index("Clips").shots[number]
+
+
+def test_a_clip_is_ten_seconds_of_the_shot_around_the_moment_small_muted_h264(indexed) -> None:
+    engine, video = indexed
+    long_shot = shot(engine, 2)
+    clip = engine.clip("Clips", 2, around_s=9.0)
+    times, frames, info = decode(clip.path)
+    assert (info.codec, info.pix_fmt, info.audio) == ("h264", "yuv420p", 0)
+    assert (info.width, info.height) == (clip.width, clip.height) == (480, 270)  # 640×360 to 480 on the long side
+    assert (clip.start_s, clip.end_s) == pytest.approx((4.0, 14.0))
+    assert long_shot.start_s < clip.start_s and clip.end_s < long_shot.end_s
+    assert times[0] == pytest.approx(0.0) and times[-1] <= MAX_CLIP_S
+    assert len(frames) == pytest.approx(MAX_CLIP_S * FPS, abs=1)
+    # Its first and last frames are the film's at 4.0 s and just before 14.0 s, not their neighbours'.
+    candidates = [source_frame(video, t, (480, 270)) for t in (3.5, 3.875, 3.958, 4.0, 4.042, 4.5)]
+    assert closest(frames[0], candidates) == 3
+    candidates = [source_frame(video, t, (480, 270)) for t in (13.5, 13.875, 13.958, 14.0)]
+    assert closest(frames[-1], candidates) == 2
+    assert clip.caption == "shot 2 · 00:00:04.0–00:00:14.0"
+    assert clip.size_bytes == clip.path.stat().st_size < 2_000_000
+
+
+def test_a_clip_stays_inside_its_shot(engine: Engine) -> None:
+    frame = 1 / FPS
+    long_shot = shot(engine, 2)
+    near_end = engine.clip("Clips", 2, around_s=long_shot.end_s - 0.2)
+    times, frames, _ = decode(near_end.path)
+    assert near_end.end_s == pytest.approx(long_shot.end_s)
+    assert near_end.start_s == pytest.approx(long_shot.end_s - MAX_CLIP_S)
+    assert near_end.start_s + times[-1] < long_shot.end_s + frame
+    # Every frame is the green shot's: none of the blue one after it.
+    assert all(f[..., 1].mean() > 150 and f[..., 2].mean() < 60 for f in frames)
+    first = shot(engine, 1)  # 2 s: the whole shot, whatever the moment
+    whole = engine.clip("Clips", 1, around_s=0.1)
+    times, frames, _ = decode(whole.path)
+    assert (whole.start_s, whole.end_s) == pytest.approx((first.start_s, first.end_s))
+    assert abs(times[-1] + frame - first.duration_s) <= frame + 1e-3
+    assert all(f[..., 0].mean() > 150 and f[..., 1].mean() < 60 for f in frames)  # all red
+    middle = engine.clip("Clips", 2)  # no moment given: the shot's middle
+    assert (middle.start_s + middle.end_s) / 2 == pytest.approx((long_shot.start_s + long_shot.end_s) / 2)
+
+
+def test_the_second_request_is_served_from_the_cache(engine: Engine) -> None:
+    first = engine.clip("Clips", 3, around_s=16.0)
+    stamp = first.path.stat().st_mtime_ns
+    again = engine.clip("Clips", 3, around_s=16.0)
+    assert (first.cached, again.cached) == (False, True)
+    assert again.path == first.path and again.path.stat().st_mtime_ns == stamp
+    assert (again.width, again.height, again.size_bytes) == (first.width, first.height, first.size_bytes)
+    assert first.path.parent == engine.open_index("Clips").path / "clips"
+    assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".")]  # no half file left
+
+
+def test_a_damaged_cached_clip_is_cut_again(engine: Engine) -> None:
+    clip = engine.clip("Clips", 1, around_s=1.0)
+    clip.path.write_bytes(b"not an mp4")
+    again = engine.clip("Clips", 1, around_s=1.0)
+    assert not again.cached and decode(again.path)[2].codec == "h264"
+
+
+def test_the_clip_window_is_the_moment_clamped_to_the_shot() -> None:
+    s = Shot(7, 7, None, 0, 0, 100.0, 130.0)
+    assert clip_window(s, 115.0) == (110.0, 120.0)
+    assert clip_window(s, 101.0) == (100.0, 110.0)
+    assert clip_window(s, 129.9) == (120.0, 130.0)
+    assert clip_window(s, None) == (110.0, 120.0)
+    assert clip_window(Shot(1, 1, None, 0, 0, 3.0, 5.5), 4.0) == (3.0, 5.5)
+
+
+def test_unknown_shot_is_a_message(engine: Engine) -> None:
+    with pytest.raises(ShotNotFoundError, match=r"'Clips' has no shot 99; its shots are 1 to 3"):
+        engine.clip("Clips", 99)
+
+
+def test_moved_or_changed_video_is_a_message(tmp_path: Path, tiny_dinov2: Path) -> None:
+    from core import Settings
+
+    video = make_video(tmp_path / "film.mp4", SEGMENTS[:2], fps=FPS, size=(160, 96))
+    settings = Settings(_env_file=None, index_dir=tmp_path / "indexes", detector="yolov8n.yaml",
+                        dinov2_model=str(tiny_dinov2), device="cpu", det_imgsz=160, channels=["dinov2"],
+                        sample_fps=0.5)
+    engine = Engine(settings, load_models=False)
+    engine.index(video, "Moved")
+    moved = video.rename(tmp_path / "elsewhere.mp4")
+    message = (r"the video .*film\.mp4 that 'Moved' was indexed from was moved or changed since indexing; "
+               "re-index or put it back")
+    with pytest.raises(SourceMovedError, match=message):
+        engine.clip("Moved", 1)
+    shutil.copy(moved, video)
+    with open(video, "ab") as fh:  # the same name, another file
+        fh.write(b"\0" * 10)
+    with pytest.raises(SourceMovedError, match=message):
+        engine.check_clip("Moved", 1)
+    moved.replace(video)  # put back: it cuts
+    assert engine.clip("Moved", 1).width == 160
+
+
+def test_frames_folder_movie_is_a_message(tmp_path: Path, tiny_dinov2: Path) -> None:
+    from core import Settings
+
+    folder = make_frames_folder(tmp_path / "frames", "dump", {(1, 1): 2, (1, 2): 2})
+    settings = Settings(_env_file=None, index_dir=tmp_path / "indexes", detector="yolov8n.yaml",
+                        dinov2_model=str(tiny_dinov2), device="cpu", det_imgsz=160, channels=["dinov2"])
+    engine = Engine(settings, load_models=False)
+    engine.index(folder, "Dump")
+    with pytest.raises(NoVideoError, match="indexed from a frames folder: no video to cut a clip from; "
+                                           "the thumbnail still works"):
+        engine.clip("Dump", 1)
+
+
+@pytest.mark.parametrize("rotation", [90, -90])
+def test_a_phone_video_stored_on_its_side_is_cut_upright(tmp_path: Path, rotation: int) -> None:
+    import subprocess
+
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    try:
+        ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError as exc:
+        pytest.skip(f"no ffmpeg binary: {exc}")
+    plain = make_video(tmp_path / "plain.mp4", [((0, 0, 200), 24), ((200, 200, 0), 48)], fps=FPS, size=(640, 360))
+    turned = tmp_path / "turned.mp4"
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-display_rotation", str(rotation), "-i", str(plain),
+                    "-c", "copy", str(turned)], check=True)
+    index = SimpleNamespace(  # what the cutter reads of a MovieIndex
+        manifest=SimpleNamespace(name="Phone", source=SimpleNamespace(kind="video", path=str(turned),
+                                                                      size=turned.stat().st_size)),
+        shots={1: Shot(1, 1, None, 0, 23, 0.0, 1.0), 2: Shot(2, 2, None, 24, 71, 1.0, 3.0)}, path=tmp_path / "index")
+    index.path.mkdir()
+    clip = ClipCutter().clip(index, 2, around_s=2.0)  # type: ignore[arg-type]
+    assert (clip.width, clip.height) == (270, 480)  # portrait, as the phone shows it
+    _, frames, _ = decode(clip.path)
+    candidates = [source_frame(turned, t, (270, 480)) for t in (1.0, 1.5, 2.0)]
+    assert candidates[0].shape == frames[0].shape
+    assert closest(frames[0], candidates) == 0
+    assert np.abs(frames[0].astype(int) - candidates[0].astype(int)).mean() < 6  # the same picture, upright
+
+
+# -- the CLI -------------------------------------------------------------------------------
+@pytest.fixture
+def cli_env(indexed, monkeypatch: pytest.MonkeyPatch, tiny_dinov2: Path) -> Path:
+    engine, video = indexed
+    monkeypatch.setenv("CASTFINDER_INDEX_DIR", str(engine.settings.index_dir))
+    monkeypatch.setenv("CASTFINDER_DINOV2_MODEL", str(tiny_dinov2))
+    monkeypatch.setenv("CASTFINDER_CHANNELS", "dinov2")
+    monkeypatch.setenv("CASTFINDER_DEVICE", "cpu")
+    return video
+
+
+def test_cli_saves_the_clip(cli_env: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "shot2.mp4"
+    assert main(["clip", "--movie", "clips", "--shot", "2", "--at", "9", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"Saved {out}: shot 2 · 00:00:04.0–00:00:14.0 · 480×270" in printed
+    _, frames, info = decode(out)
+    assert info.codec == "h264" and len(frames) == pytest.approx(240, abs=1)
+    assert main(["clip", "--movie", "clips", "--shot", "2", "--at", "9", str(out)]) == 0
+    assert "(from the cache)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "code", "message"), [
+    (["--shot", "99"], 1, "'Clips' has no shot 99"),
+    (["--shot", "abc"], 2, "invalid int value"),
+    (["--movie", "nosuch", "--shot", "1"], 1, "No indexed movie matches 'nosuch'"),
+])
+def test_cli_refusals(cli_env: Path, tmp_path: Path, capsys, argv: list[str], code: int, message: str) -> None:
+    full = ["clip", "--movie", "clips", *argv, str(tmp_path / "out.mp4")] if "--movie" not in argv \
+        else ["clip", *argv, str(tmp_path / "out.mp4")]
+    try:
+        got = main(full)
+    except SystemExit as exc:  # argparse's usage errors
+        got = exc.code
+    assert got == code
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_cli_moved_video_and_missing_folder(cli_env: Path, tmp_path: Path, capsys) -> None:
+    assert main(["clip", "--movie", "clips", "--shot", "1", str(tmp_path / "no" / "out.mp4")]) == 1
+    assert "the folder" in capsys.readouterr().err
+    aside = cli_env.with_name("aside.mp4")
+    os.replace(cli_env, aside)
+    try:
+        assert main(["clip", "--movie", "clips", "--shot", "1", "--at", "0.5", str(tmp_path / "out.mp4")]) == 1
+        err = capsys.readouterr().err
+        assert "was moved or changed since indexing; re-index or put it back" in err
+        assert "Traceback" not in err
+    finally:
+        os.replace(aside, cli_env)
+
