@@ -14,7 +14,7 @@ import re
 from typing import Sequence
 
 from aiogram.filters.callback_data import CallbackData
-from aiogram.types import InlineKeyboardMarkup
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 from pydantic import field_validator
 
@@ -89,6 +89,27 @@ class MoreResults(CallbackData, prefix="mr"):
         return ascii_number(value, 0, MAX_RESULTS_CAP)
 
 
+class ClipRequest(CallbackData, prefix="cl"):
+    """▶ under a results list: the clip of one result. The page id and the result's rank only,
+    never a path or a shot: the handler looks the result up in the page, with the chat."""
+
+    page: str  # ResultPage.id
+    rank: int  # StoredResult.rank, 1-based
+
+    @field_validator("page", mode="before")
+    @classmethod
+    def _page(cls, value: object) -> str:
+        return _matching(_STORED_ID, value, "page id")
+
+    @field_validator("rank", mode="before")
+    @classmethod
+    def _rank(cls, value: object) -> int:
+        return ascii_number(value, 1, MAX_RESULTS_CAP)
+
+
+CLIP_BUTTONS_PER_ROW = 5
+
+
 def movies_keyboard(movies: Sequence[MovieInfo]) -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     for m in movies:
@@ -113,3 +134,24 @@ def more_keyboard(page_id: str, offset: int, remaining: int) -> InlineKeyboardMa
     builder = InlineKeyboardBuilder()
     builder.button(text=texts.more_button(remaining), callback_data=MoreResults(page=page_id, offset=offset))
     return builder.as_markup()
+
+
+def results_keyboard(page_id: str, ranks: Sequence[int], offset: int, remaining: int) -> InlineKeyboardMarkup | None:
+    """Under a results list: rows of "▶ n" (the clip of result n, five a row), then "More" while
+    results remain; None when there is nothing to press."""
+    rows = [[InlineKeyboardButton(text=texts.clip_button(rank),
+                                  callback_data=ClipRequest(page=page_id, rank=rank).pack())
+             for rank in ranks[start : start + CLIP_BUTTONS_PER_ROW]]
+            for start in range(0, len(ranks), CLIP_BUTTONS_PER_ROW)]
+    if remaining > 0:
+        rows += more_keyboard(page_id, offset, remaining).inline_keyboard
+    return InlineKeyboardMarkup(inline_keyboard=rows) if rows else None
+
+
+def without_more(markup: InlineKeyboardMarkup | None) -> InlineKeyboardMarkup | None:
+    """`markup` less its "More" button (used once, it goes; the other buttons stay)."""
+    more = MoreResults.__prefix__ + MoreResults.__separator__
+    rows = [[b for b in row if not (b.callback_data or "").startswith(more)]
+            for row in (markup.inline_keyboard if markup is not None else [])]
+    rows = [row for row in rows if row]
+    return InlineKeyboardMarkup(inline_keyboard=rows) if rows else None

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import BadInputError, ClipError, NoVideoError, ShotNotFoundError, SourceMovedError
-from .indexing.onepass import upright
 from .inputs import short
 from .naming import format_ts
 from .store.layout import CLIPS
@@ -258,6 +257,8 @@ def _encode(source: "av.container.InputContainer", stream: "av.VideoStream", sta
             tmp: Path, codec: str) -> tuple[tuple[int, int], int]:
     """Encode the frames of [start, end) into `tmp`; returns ((width, height), frames written)."""
     import av
+
+    from .indexing.onepass import upright  # the indexer's turn; imported here: it brings OpenCV
 
     written = 0
     last_pts = -1

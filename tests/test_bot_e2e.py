@@ -149,7 +149,8 @@ async def test_more_pages_through_stored_results(h) -> None:
     async with h.polling():
         h.srv.push_update(h.photo(ROSE.read_bytes()))
         [first] = await wait_listing(h)
-        [[button]] = first.params["reply_markup"]["inline_keyboard"]
+        [clips, [button]] = first.params["reply_markup"]["inline_keyboard"]
+        assert [b["text"] for b in clips] == ["▶ 1"]  # the page's clip button, then More
         assert button["text"] == "More (2 left)"
         assert len(button["callback_data"]) <= 64
         h.srv.push_update(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=first.result,
@@ -159,18 +160,19 @@ async def test_more_pages_through_stored_results(h) -> None:
         h.srv.push_update(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=first.result,
                                           data=button["callback_data"]))
         await h.srv.wait_until(lambda calls: sum(c.method == "answerCallbackQuery" for c in calls) == 2)
-        [[button2]] = second.params["reply_markup"]["inline_keyboard"]
+        [_, [button2]] = second.params["reply_markup"]["inline_keyboard"]
         assert button2["text"] == "More (1 left)"
         h.srv.push_update(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=second.result,
                                           data=button2["callback_data"]))
         [_, _, third] = await wait_listing(h, 3)
-    assert "reply_markup" not in third.params
+    [[last]] = third.params["reply_markup"]["inline_keyboard"]  # no More: its ▶ alone
+    assert last["text"] == "▶ 3"
     ranks = [c.result["text"].split("\n")[1].split(" · ")[0] for c in listings(h)]
     assert ranks == ["#1", "#2", "#3"]
     # One thumbnail per page, sent as single photos (an album needs two).
     assert len(h.srv.calls_of("sendPhoto")) == 3 and h.srv.calls_of("sendMediaGroup") == []
-    # The first list lost its button when it was used.
-    assert "reply_markup" not in h.srv.messages[(USER_ID, first.result["message_id"])]
+    # The first list lost its More button when it was used; its ▶ stays.
+    assert h.srv.messages[(USER_ID, first.result["message_id"])]["reply_markup"]["inline_keyboard"] == [clips]
 
 
 async def test_rate_limit(tmp_path: Path, titanic_engine) -> None:

@@ -276,3 +276,136 @@ def test_cli_moved_video_and_missing_folder(cli_env: Path, tmp_path: Path, capsy
     finally:
         os.replace(aside, cli_env)
 
+
+
+# -- the bot: ▶ under a results list --------------------------------------------------------------
+async def posted_results(h, engine: Engine, *, chat: dict | None = None, page_size: int = 5):
+    """A stored page of two results of "Clips" (shot 2 best, around 9 s; then shot 1), posted as
+    the bot posts an answer; returns (page, the list message, the query message it replies to)."""
+    from bot.services.storage import StoredResult
+    from bot.services.telegram_io import ResultSender, ThumbnailCache
+    from tests.bot_support import ALICE_CHAT, USER_ID
+
+    chat = chat or ALICE_CHAT
+    index = engine.open_index("Clips")
+    query = h.photo(b"\xff\xd8\xff", chat=chat)["message"]  # the user's screenshot, replied to
+    results = [StoredResult(1, 2, None, index.shots[2].start_s, index.shots[2].end_s, 0.9,
+                            index.thumbnail(2) or "", False, shot_id=2, frame_s=9.0),
+               StoredResult(2, 1, None, 0.0, index.shots[1].end_s, 0.4, index.thumbnail(1) or "", True,
+                            shot_id=1, frame_s=1.0)]
+    page = await h.app.storage.save_results(chat_id=chat["id"], user_id=USER_ID, reply_to=query["message_id"],
+                                            thread_id=None, movie="Clips", page_size=page_size, results=results,
+                                            notes=[], slug="clips")
+    listing = await ResultSender(h.app.bot, ThumbnailCache()).send_page(page, 0)
+    return page, listing.model_dump(mode="json", exclude_none=True), query
+
+
+def buttons(message: dict) -> list[list[tuple[str, str]]]:
+    return [[(b["text"], b["callback_data"]) for b in row] for row in message["reply_markup"]["inline_keyboard"]]
+
+
+def answer_of(h, update: dict) -> str:
+    answer = h.srv.callback_answers[update["callback_query"]["id"]]
+    assert answer is not None, "the button was never answered: it would spin"
+    return str(answer.get("text", ""))
+
+
+async def test_play_button_sends_the_clip_as_a_video_reply(indexed, tmp_path: Path) -> None:
+    from tests.bot_support import ALICE, ALICE_CHAT, bot_harness
+    from tests.fake_telegram import callback_update
+
+    engine, _ = indexed
+    async with bot_harness(engine, tmp_path) as h:
+        page, listing, query = await posted_results(h, engine)
+        assert buttons(listing) == [[("▶ 1", f"cl:{page.id}:1"), ("▶ 2", f"cl:{page.id}:2")]]
+        press = callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=listing, data=f"cl:{page.id}:1")
+        await h.feed(press)
+        assert answer_of(h, press) == "Cutting the clip…"
+        [video] = h.srv.calls_of("sendVideo")
+        p = video.params
+        assert (p["duration"], p["width"], p["height"]) == (10, 480, 270)
+        assert p["supports_streaming"] in (True, "true")
+        assert p["caption"] == "shot 2 · 00:00:04.0–00:00:14.0"
+        assert p["reply_parameters"]["message_id"] == query["message_id"]
+        [data] = video.files.values()
+        assert 0 < len(data) < 2_000_000  # Telegram takes 50 MB from bots; a clip is far smaller
+        (tmp_path / "sent.mp4").write_bytes(data)
+        times, frames, info = decode(tmp_path / "sent.mp4")
+        assert (info.codec, info.audio, len(frames)) == ("h264", 0, 240) and times[-1] <= MAX_CLIP_S
+        # Pressed again (here or by anyone in the chat): the same clip, by Telegram's file id.
+        again = callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=listing, data=f"cl:{page.id}:1")
+        await h.feed(again)
+        [_, second] = h.srv.calls_of("sendVideo")
+        assert second.files == {} and second.params["video"] == video.result["video"]["file_id"]
+
+
+async def test_more_keeps_the_play_buttons_of_the_list_it_was_under(indexed, tmp_path: Path) -> None:
+    from tests.bot_support import ALICE, ALICE_CHAT, USER_ID, bot_harness
+    from tests.fake_telegram import callback_update
+
+    engine, _ = indexed
+    async with bot_harness(engine, tmp_path) as h:
+        page, listing, _ = await posted_results(h, engine, page_size=1)
+        assert buttons(listing) == [[("▶ 1", f"cl:{page.id}:1")], [("More (1 left)", f"mr:{page.id}:1")]]
+        await h.feed(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=listing,
+                                     data=f"mr:{page.id}:1"))
+        first_now = h.srv.messages[(USER_ID, listing["message_id"])]
+        assert buttons(first_now) == [[("▶ 1", f"cl:{page.id}:1")]]
+        second = h.srv.calls_of("sendMessage")[-1].result
+        assert buttons(second) == [[("▶ 2", f"cl:{page.id}:2")]]
+
+
+async def test_forged_expired_or_other_chats_play_buttons_send_nothing(indexed, tmp_path: Path) -> None:
+    from tests.bot_support import ALICE, ALICE_CHAT, BOB, GROUP, bot_harness
+    from tests.fake_telegram import callback_update
+
+    engine, _ = indexed
+    async with bot_harness(engine, tmp_path) as h:
+        page, listing, _ = await posted_results(h, engine)
+        _, group_listing, _ = await posted_results(h, engine, chat=GROUP)
+        cases = [(ALICE_CHAT, listing, f"cl:{page.id}:3"),  # no result 3 on the page
+                 (ALICE_CHAT, listing, "cl:AAAAAAAAAAAAAAAA:1"),  # no such page
+                 (GROUP, group_listing, f"cl:{page.id}:1")]  # Alice's page, pressed in the group
+        for chat, message, data in cases:
+            press = callback_update(h.srv, chat=chat, from_user=BOB, message=message, data=data)
+            await h.feed(press)
+            assert answer_of(h, press) == "These results have expired. Send the screenshot again."
+        for data in (f"cl:{page.id}:٢", f"cl:{page.id}:0", f"cl:{page.id}:+1", "cl:/etc/passwd:1"):
+            press = callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=listing, data=data)
+            await h.feed(press)
+            assert answer_of(h, press) == "This button no longer works. Send the screenshot again."
+        assert h.srv.calls_of("sendVideo") == []
+
+
+async def test_play_button_of_a_moved_video_or_a_frames_folder_is_answered_politely(indexed, tmp_path: Path,
+                                                                                   caplog) -> None:
+    from bot.services.storage import StoredResult
+    from bot.services.telegram_io import ResultSender, ThumbnailCache
+    from tests.bot_support import ALICE, ALICE_CHAT, USER_ID, bot_harness
+    from tests.fake_telegram import callback_update
+
+    engine, video = indexed
+    frames = make_frames_folder(tmp_path / "frames", "dump", {(1, 1): 2, (1, 2): 2})
+    engine.index(frames, "Dump")
+    async with bot_harness(engine, tmp_path) as h:
+        page, listing, _ = await posted_results(h, engine)
+        aside = video.with_name("aside.mp4")
+        os.replace(video, aside)
+        try:
+            press = callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=listing, data=f"cl:{page.id}:2")
+            await h.feed(press)
+        finally:
+            os.replace(aside, video)
+        moved = answer_of(h, press)
+        assert moved.startswith("I can't cut clips of this movie right now: its video was moved or changed")
+        assert str(video.parent) not in moved  # the server's paths are for the log
+        assert "re-index or put it back" in caplog.text
+        dump = await h.app.storage.save_results(
+            chat_id=USER_ID, user_id=USER_ID, reply_to=None, thread_id=None, movie="Dump", page_size=5,
+            results=[StoredResult(1, 1, 1, 0.0, 0.4, 0.5, "", False, shot_id=1, frame_s=0.0)], notes=[], slug="dump")
+        dump_list = (await ResultSender(h.app.bot, ThumbnailCache()).send_page(dump, 0)).model_dump(mode="json")
+        press = callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=dump_list, data=f"cl:{dump.id}:1")
+        await h.feed(press)
+        assert answer_of(h, press) == ("This movie was indexed from a frames folder: there is no video to cut a "
+                                       "clip from. The thumbnail still shows the shot.")
+        assert h.srv.calls_of("sendVideo") == []

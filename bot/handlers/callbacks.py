@@ -14,7 +14,7 @@ from aiogram.exceptions import TelegramBadRequest
 from aiogram.types import CallbackQuery, Message
 
 from .. import texts
-from ..keyboards import MoreResults, PersonChoice
+from ..keyboards import MoreResults, PersonChoice, without_more
 from ..middlewares.throttling import ENGINE_QUERY
 from ..services.queries import QueryService
 from ..services.storage import Storage
@@ -64,10 +64,10 @@ async def on_more(
         await callback.answer(texts.no_more_results())
         return
     if isinstance(callback.message, Message):
-        # The button goes first: a second tap (or a concurrent one) then finds nothing to
-        # remove, and the page is not sent twice.
+        # The button goes first (the list's other buttons stay): a second tap (or a concurrent
+        # one) then finds nothing to remove, and the page is not sent twice.
         try:
-            await callback.message.edit_reply_markup(reply_markup=None)
+            await callback.message.edit_reply_markup(reply_markup=without_more(callback.message.reply_markup))
         except TelegramBadRequest:
             await callback.answer()
             return

@@ -7,9 +7,12 @@ import asyncio
 import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypeVar
 
 from core import MovieInfo, MovieNotFoundError, Person, Progress, QueryImage, SearchResponse
+
+if TYPE_CHECKING:
+    from core.clips import Clip
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,8 @@ class EngineLike(Protocol):
     def annotate_people(self, image: Any, people: Sequence[Person]) -> bytes: ...
     def search(self, movie: Any, queries: Any, *, top: int = 5, aggregation: str | None = None,
                progress: Callable[[Progress], None] = ...) -> SearchResponse: ...
+    def check_clip(self, movie: Any, shot: int) -> None: ...
+    def clip(self, movie: Any, shot: int, around_s: float | None = None) -> Clip: ...
 
 
 def movie_key(slug: str) -> str:
@@ -113,6 +118,16 @@ class EngineGateway:
                     pass
 
         return await self._heavy(lambda: self.engine.search(movie, queries, top=top, progress=progress))
+
+    # -- clips --------------------------------------------------------------------------
+    async def check_clip(self, movie: str, shot: int) -> None:
+        """Raise at once what cutting would raise (frames folder, moved video, no such shot): on
+        the catalogue thread, so the answer to a ▶ tap does not wait behind searches."""
+        await self._light(self.engine.check_clip, movie, shot)
+
+    async def clip(self, movie: str, shot: int, around_s: float | None) -> Clip:
+        """Cut (or take from the cache) a clip: decoding and encoding, on the engine threads."""
+        return await self._heavy(self.engine.clip, movie, shot, around_s)
 
     def close(self) -> None:
         """Drop queued engine calls; running ones finish on their threads (they cannot be interrupted)."""

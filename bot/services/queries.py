@@ -287,13 +287,13 @@ class QueryService:
             notes.append(texts.whole_image_note(response.whole_image_queries, len(ctx.images)))
         stored = [
             StoredResult(r.rank, r.shot, r.scene, r.start_s, r.end_s, r.confidence, r.thumbnail or "",
-                         r.low_confidence)
+                         r.low_confidence, shot_id=r.shot_id, frame_s=r.frame_s)
             for r in response.results
         ]
         target = ctx.target
         page = await self.storage.save_results(
             chat_id=target.chat_id, user_id=ctx.user_id, reply_to=target.reply_to, thread_id=target.thread_id,
-            movie=response.movie, page_size=ctx.topk, results=stored, notes=notes,
+            movie=response.movie, page_size=ctx.topk, results=stored, notes=notes, slug=response.slug,
         )
         await ResultSender(ctx.bot, self.thumbnails).send_page(page, 0)
         ctx.record.results = len(stored)

@@ -98,6 +98,9 @@ class StoredResult:
     confidence: float  # the engine's calibrated confidence, shown as a percentage
     thumbnail: str
     low_confidence: bool
+    # For the ▶ clip button (absent from pages stored by older versions: the shot's middle is cut).
+    shot_id: int | None = None
+    frame_s: float | None = None  # the best-matching moment: the clip is centred on it
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class ResultPage:
     page_size: int
     results: list[StoredResult]
     notes: list[str] = field(default_factory=list)
+    slug: str = ""  # the movie's slug, for clips (kept in the payload; "" in older pages: by name)
 
 
 @dataclass(frozen=True)
@@ -231,9 +235,10 @@ class Storage:
         page_size: int,
         results: list[StoredResult],
         notes: list[str],
+        slug: str = "",
     ) -> ResultPage:
-        page = ResultPage(new_id(), chat_id, user_id, reply_to, thread_id, movie, page_size, results, notes)
-        payload = json.dumps({"results": [asdict(r) for r in results], "notes": notes})
+        page = ResultPage(new_id(), chat_id, user_id, reply_to, thread_id, movie, page_size, results, notes, slug)
+        payload = json.dumps({"results": [asdict(r) for r in results], "notes": notes, "slug": slug})
         await self._db.execute(
             "INSERT INTO result_pages VALUES (?,?,?,?,?,?,?,?,?)",
             (page.id, chat_id, user_id, reply_to, thread_id, movie, page_size, payload, self._clock()),
@@ -254,6 +259,7 @@ class Storage:
         return ResultPage(
             row["id"], row["chat_id"], row["user_id"], row["reply_to"], row["thread_id"], row["movie"],
             row["page_size"], [StoredResult(**r) for r in payload["results"]], payload.get("notes", []),
+            payload.get("slug", ""),
         )
 
     # -- person choices ------------------------------------------------------------------

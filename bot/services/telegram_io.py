@@ -24,7 +24,7 @@ from aiogram.types import (
 
 from .. import texts
 from ..errors import QueryRefused
-from ..keyboards import more_keyboard
+from ..keyboards import results_keyboard
 from ..settings import ALBUM_MAX
 from .storage import ResultPage, StoredResult
 
@@ -218,7 +218,7 @@ class ResultSender:
         await self.send_thumbnails(target, shown)
         next_offset = offset + len(shown)
         remaining = len(page.results) - next_offset
-        markup = more_keyboard(page.id, next_offset, remaining) if remaining > 0 else None
+        markup = results_keyboard(page.id, [r.rank for r in shown], next_offset, remaining)
         text = texts.results_text(page.movie, shown, total=len(page.results), notes=page.notes if offset == 0 else [])
         return await target.text(self.bot, text, markup)
 
