@@ -275,8 +275,11 @@ def _encode(source: "av.container.InputContainer", stream: "av.VideoStream", sta
                 size = (_even(shown_w * scale), _even(shown_h * scale))
                 scaled = (size[1], size[0]) if turns % 2 else size  # before turning upright
                 video = _output_stream(out, codec, Fraction(stream.average_rate or 25), size)
-            picture = frame.to_ndarray(format="rgb24", width=scaled[0], height=scaled[1], interpolation="AREA")
-            shown = av.VideoFrame.from_ndarray(upright(frame, picture), format="rgb24").reformat(format="yuv420p")
+            if round(getattr(frame, "rotation", 0) / 90) % 4:  # stored on its side: turned as the indexer turns it
+                picture = frame.to_ndarray(format="rgb24", width=scaled[0], height=scaled[1], interpolation="AREA")
+                shown = av.VideoFrame.from_ndarray(upright(frame, picture), format="rgb24").reformat(format="yuv420p")
+            else:  # straight from YUV to the small YUV picture: one swscale pass
+                shown = frame.reformat(width=size[0], height=size[1], format="yuv420p", interpolation="AREA")
             # Presentation times from the source's PTS (variable frame rates stay right), never
             # two frames on one millisecond.
             pts = max(last_pts + 1, round((t - start) / _TIME_BASE))

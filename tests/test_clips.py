@@ -16,6 +16,7 @@ from core import Engine
 from core.clips import MAX_CLIP_S, ClipCutter, clip_window
 from core.errors import NoVideoError, ShotNotFoundError, SourceMovedError
 from core.types import Shot
+from tests.conftest import requires_shared
 from tests.media import make_frames_folder, make_video
 
 FPS = 24.0
@@ -409,3 +410,25 @@ async def test_play_button_of_a_moved_video_or_a_frames_folder_is_answered_polit
         assert answer_of(h, press) == ("This movie was indexed from a frames folder: there is no video to cut a "
                                        "clip from. The thumbnail still shows the shot.")
         assert h.srv.calls_of("sendVideo") == []
+
+
+# -- real footage ------------------------------------------------------------------------------------
+@requires_shared
+def test_a_titanic_results_clip_shows_the_moment_it_matched(titanic_engine: Engine) -> None:
+    from tests.conftest import DATA, TITANIC
+
+    result = titanic_engine.search("Titanic", [DATA / "titanic" / "body_rose.jpg"], top=1).results[0]
+    clip = titanic_engine.clip("Titanic", result.shot, result.frame_s)
+    assert result.start_s - 1e-3 <= clip.start_s <= result.frame_s <= clip.end_s <= result.end_s + 1e-3
+    assert clip.duration_s <= MAX_CLIP_S + 1e-6 and max(clip.width, clip.height) <= 480
+    assert clip.width % 2 == 0 and clip.height % 2 == 0
+    times, frames, info = decode(clip.path)
+    assert (info.codec, info.audio) == ("h264", 0)
+    fps = len(frames) / (times[-1] + times[1])
+    # The clip's frame at the matched moment is the film's frame then, not one a few frames off.
+    k = int(np.argmin([abs(clip.start_s + t - result.frame_s) for t in times]))
+    moment = clip.start_s + times[k]
+    offsets = (-0.5, -2 / fps, -1 / fps, 0.0, 1 / fps, 2 / fps, 0.5)
+    candidates = [source_frame(TITANIC, moment + d + 1e-3, (clip.width, clip.height)) for d in offsets]
+    assert closest(frames[k], candidates) == 3
+    assert np.abs(frames[k].astype(int) - candidates[3].astype(int)).mean() < 6  # the same picture, H.264's losses
