@@ -96,15 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path)
     p.add_argument("--save", type=Path, help="write the image with numbered boxes here (JPEG)")
 
-    p = sub.add_parser("clip", parents=[flags], help="save a shot as a short muted MP4 preview",
+    p = sub.add_parser("clip", help="save a shot as a short muted MP4 preview",
                        description="Cut at most 10 s of a shot (480 px on its longer side, H.264) from the video "
                                    "the movie was indexed from; clips are cached in the index folder.")
     p.add_argument("output", type=Path, help="the MP4 file to write, e.g. shot12.mp4")
     p.add_argument("--movie", required=True, help="name, slug or unambiguous prefix")
-    p.add_argument("--shot", type=int, required=True, help="the shot's number, as search results show it")
-    p.add_argument("--at", type=float, dest="around_s",
+    p.add_argument("--shot", type=int, required=True, metavar="N", help="the shot's number, as search results show it")
+    p.add_argument("--at", type=float, dest="around_s", metavar="SECONDS",
                    help="film time in seconds to centre the clip on (default: the shot's middle; "
                         "search --json gives each result's frame_s)")
+    p.add_argument("--index-dir", type=Path, help="where indexes live (CASTFINDER_INDEX_DIR)")  # no model loads
+    p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
 
     p = sub.add_parser("models", help="list the models castfinder knows: local or not, size, licence",
                        description="Every registered model: whether it is on this machine and where, its "

@@ -20,6 +20,7 @@ that is served. Re-indexing replaces the whole folder, and with it clips of the 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ ENCODERS = ("libx264", "h264", "libopenh264", "mpeg4")
 _X264_OPTIONS = {"preset": "veryfast", "crf": "26", "profile": "high"}
 # Frame times are kept in milliseconds in the clip: enough for any frame rate, variable ones too.
 _TIME_BASE = Fraction(1, 1000)
+# A `.part` file this old is a killed cut's, never one being written (a cut takes seconds).
+_STALE_PART_S = 3600.0
+# Cuts of different clips that may run at once (more than the engine's worker threads).
+_LOCK_STRIPES = 64
 # Times within this of a bound count as on it (the indexer's times are floats of PTS).
 _EPS = 1e-3
 
@@ -105,12 +110,11 @@ class ClipCutter:
     """Cuts and caches clips; one per engine, safe from several threads (one cut per clip at once)."""
 
     def __init__(self) -> None:
-        self._locks: dict[Path, threading.Lock] = {}
-        self._guard = threading.Lock()
+        # Striped: a clip's lock is one of a fixed few, so they never pile up with the clips cut.
+        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
 
     def _lock(self, path: Path) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(path, threading.Lock())
+        return self._locks[hash(path) % len(self._locks)]
 
     def check(self, index: "MovieIndex", shot_id: int) -> tuple[Shot, Path]:
         """The shot and the video to cut it from, checked without decoding anything: raises
@@ -131,6 +135,8 @@ class ClipCutter:
     def clip(self, index: "MovieIndex", shot_id: int, around_s: float | None = None) -> Clip:
         """The clip of shot `shot_id` of `index`, from the cache or cut now. Raises what `check`
         raises, and `ClipError` when the video cannot be cut or the clip not written."""
+        if around_s is not None and not math.isfinite(around_s):
+            raise BadInputError(f"the moment to centre a clip on must be a time in seconds, not {around_s}.")
         shot, video = self.check(index, shot_id)
         start, end = clip_window(shot, around_s)
         path = index.path / CLIPS / f"shot_{shot.number:05d}_{round(start * 1000)}_{round(end * 1000)}.mp4"
@@ -217,6 +223,7 @@ def _cut(video: Path, start: float, end: float, path: Path) -> tuple[int, int, s
         path.parent.mkdir(exist_ok=True)
     except OSError as exc:
         raise ClipError(f"cannot write clips into {short(path.parent)}: {exc.strerror or exc}.") from None
+    _tidy(path.parent)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.part")
     try:
         with av.open(str(video)) as source:
@@ -236,6 +243,18 @@ def _cut(video: Path, start: float, end: float, path: Path) -> tuple[int, int, s
     finally:
         tmp.unlink(missing_ok=True)
     return size[0], size[1], av.codec.Codec(codec, "w").canonical_name
+
+
+def _tidy(folder: Path) -> None:
+    """Remove what a process killed while cutting left (its `.part` file), once it is clearly old."""
+    import time
+
+    for part in folder.glob(".*.part"):
+        try:
+            if part.stat().st_mtime < time.time() - _STALE_PART_S:
+                part.unlink()
+        except OSError:  # another process removed or renamed it meanwhile
+            continue
 
 
 def _output_stream(out: "av.container.OutputContainer", codec: str, rate: Fraction,

@@ -141,6 +141,18 @@ def test_the_second_request_is_served_from_the_cache(engine: Engine) -> None:
     assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".")]  # no half file left
 
 
+def test_a_killed_cuts_leftover_is_removed_once_old(engine: Engine) -> None:
+    clips = engine.open_index("Clips").path / "clips"
+    clips.mkdir(exist_ok=True)
+    old, fresh = clips / ".shot_00002_1_2.123.4.part", clips / ".shot_00002_3_4.123.5.part"
+    for part in (old, fresh):
+        part.write_bytes(b"half a clip")
+    os.utime(old, (1e9, 1e9))  # 2001: a cut killed long ago
+    engine.clip("Clips", 2, around_s=7.0)
+    assert not old.exists() and fresh.exists()  # a fresh one may be another process's cut in progress
+    fresh.unlink()
+
+
 def test_a_damaged_cached_clip_is_cut_again(engine: Engine) -> None:
     clip = engine.clip("Clips", 1, around_s=1.0)
     clip.path.write_bytes(b"not an mp4")
@@ -251,6 +263,8 @@ def test_cli_saves_the_clip(cli_env: Path, tmp_path: Path, capsys) -> None:
     (["--shot", "99"], 1, "'Clips' has no shot 99"),
     (["--shot", "abc"], 2, "invalid int value"),
     (["--movie", "nosuch", "--shot", "1"], 1, "No indexed movie matches 'nosuch'"),
+    (["--shot", "2", "--at", "nan"], 1, "must be a time in seconds, not nan"),
+    (["--shot", "2", "--at=-inf"], 1, "must be a time in seconds, not -inf"),
 ])
 def test_cli_refusals(cli_env: Path, tmp_path: Path, capsys, argv: list[str], code: int, message: str) -> None:
     full = ["clip", "--movie", "clips", *argv, str(tmp_path / "out.mp4")] if "--movie" not in argv \
