@@ -152,6 +152,24 @@ class FeedbackButton(CallbackData, prefix="fb"):
         return str(value)
 
 
+class ClipRequest(CallbackData, prefix="cl"):
+    """▶ under a results list: the clip of one result. The page id and the result's rank only,
+    never a path or a shot: the handler looks the result up in the page, with the chat."""
+
+    page: str  # ResultPage.id
+    rank: int  # StoredResult.rank, 1-based
+
+    @field_validator("page", mode="before")
+    @classmethod
+    def _page(cls, value: object) -> str:
+        return _matching(_STORED_ID, value, "page id")
+
+    @field_validator("rank", mode="before")
+    @classmethod
+    def _rank(cls, value: object) -> int:
+        return ascii_number(value, 1, MAX_RESULTS_CAP)
+
+
 def movies_keyboard(movies: Sequence[MovieInfo]) -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     for m in movies:
@@ -178,18 +196,28 @@ def more_keyboard(page_id: str, offset: int, remaining: int) -> InlineKeyboardMa
     return builder.as_markup()
 
 
+CLIP_BUTTONS_PER_ROW = 5
+
+
 def results_keyboard(page: ResultPage, shown: Sequence[StoredResult], next_offset: int) -> InlineKeyboardMarkup | None:
-    """Under a list of results: "✓n" and "✗n" for each result shown (when the page keeps its
-    query for feedback), then "More" while results remain. None when there is no button."""
+    """Under a list of results: "▶ n" (the clip of result n, five a row), "✓n" and "✗n" for each
+    result shown (when the page keeps its query for feedback), then "More" while results remain.
+    None when there is no button."""
     builder = InlineKeyboardBuilder()
     rows: list[int] = []
-    if page.slug and shown and page.version < MAX_FEEDBACK_TAPS:
+
+    def per_row(count: int, width: int) -> list[int]:
+        return [width] * (count // width) + ([count % width] if count % width else [])
+
+    for r in shown:
+        builder.button(text=texts.clip_button(r.rank), callback_data=ClipRequest(page=page.id, rank=r.rank))
+    rows += per_row(len(shown), CLIP_BUTTONS_PER_ROW)
+    if page.build_id and shown and page.version < MAX_FEEDBACK_TAPS:
         for verdict, label in (("y", texts.feedback_yes_button), ("n", texts.feedback_no_button)):
             for r in shown:
                 builder.button(text=label(r.rank), callback_data=FeedbackButton(page=page.id, version=page.version,
                                                                               rank=r.rank, verdict=verdict))
-            rows += [_FEEDBACK_ROW] * (len(shown) // _FEEDBACK_ROW) + ([len(shown) % _FEEDBACK_ROW]
-                                                                       if len(shown) % _FEEDBACK_ROW else [])
+            rows += per_row(len(shown), _FEEDBACK_ROW)
     remaining = len(page.results) - next_offset
     if remaining > 0:
         builder.button(text=texts.more_button(remaining), callback_data=MoreResults(page=page.id, offset=next_offset))

@@ -480,3 +480,40 @@ def feedback_stats(s: UsageStats) -> str:
     share = f"{100 * s.corrected / s.answered:.0f}%" if s.answered else "—"
     return (f"Feedback: {s.corrected} of {s.answered} answers corrected ({share}); {s.rejected} with a ✗; "
             f"taps ✓ {s.yes_taps} · ✗ {s.no_taps}")
+
+
+# -- preview clips (▶ under a results list; bot/handlers/clips.py) ------------------------------
+def clip_button(rank: int) -> str:
+    return f"▶ {rank}"
+
+
+def clip_cutting() -> str:
+    return "Cutting the clip…"
+
+
+def clip_caption(shot: int, scene: int | None, start_s: float, end_s: float) -> str:
+    """`shot 12 · 00:01:02.3–00:01:09.8`: the shot and the film times the clip shows."""
+    return esc(f"shot {shot_label(shot, scene)} · {format_ts(start_s, decimals=1)}–{format_ts(end_s, decimals=1)}")
+
+
+def clip_no_video() -> str:
+    return ("This movie was indexed from a frames folder: there is no video to cut a clip from. "
+            "The thumbnail still shows the shot.")
+
+
+def clip_source_moved() -> str:
+    # The engine's own message names the file on the server: for the log, not for users.
+    return ("I can't cut clips of this movie right now: its video was moved or changed since it was "
+            "indexed. The thumbnails still work; the bot's admin can re-index it or put the video back.")
+
+
+def clip_no_shot() -> str:
+    return "This shot is no longer in the movie's index (it was re-indexed). Send the screenshot again."
+
+
+def clip_failed() -> str:
+    return "Sorry, I couldn't cut this clip. The thumbnail still shows the shot."
+
+
+def clip_busy() -> str:
+    return "I'm still cutting your previous clip; tap again when it has arrived."

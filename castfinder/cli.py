@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path)
     p.add_argument("--save", type=Path, help="write the image with numbered boxes here (JPEG)")
 
+    p = sub.add_parser("clip", help="save a shot as a short muted MP4 preview",
+                       description="Cut at most 10 s of a shot (480 px on its longer side, H.264) from the video "
+                                   "the movie was indexed from; clips are cached in the index folder.")
+    p.add_argument("output", type=Path, help="the MP4 file to write, e.g. shot12.mp4")
+    p.add_argument("--movie", required=True, help="name, slug or unambiguous prefix")
+    p.add_argument("--shot", type=int, required=True, metavar="N", help="the shot's number, as search results show it")
+    p.add_argument("--at", type=float, dest="around_s", metavar="SECONDS",
+                   help="film time in seconds to centre the clip on (default: the shot's middle; "
+                        "search --json gives each result's frame_s)")
+    p.add_argument("--index-dir", type=Path, help="where indexes live (CASTFINDER_INDEX_DIR)")  # no model loads
+    p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+
     p = sub.add_parser("models", help="list the models castfinder knows: local or not, size, licence",
                        description="Every registered model: whether it is on this machine and where, its "
                                    "size, licence and source. Never uses the network.")
@@ -452,6 +464,26 @@ def cmd_people(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_clip(args: argparse.Namespace, settings: Settings) -> int:
+    from castfinder.output import OutputError, check_target, write_file
+    from core import Engine
+
+    try:
+        check_target(args.output, "output")  # before the index loads: a typo fails at once
+    except OutputError as exc:
+        return fail(str(exc))
+    with engine_output_to_stderr():
+        engine = Engine(settings, load_models=False)  # cutting needs no model
+        clip = engine.clip(args.movie, args.shot, args.around_s)
+    try:
+        write_file(args.output, clip.path.read_bytes(), "output")
+    except OutputError as exc:
+        return fail(str(exc))
+    print(f"Saved {args.output}: {clip.caption} · {clip.width}×{clip.height} · {_size(clip.size_bytes)}"
+          f"{' (from the cache)' if clip.cached else ''}")
+    return 0
+
+
 def _size(n: int | None) -> str:
     if n is None:
         return "?"
@@ -507,7 +539,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS = {"index": cmd_index, "movies": cmd_movies, "search": cmd_search, "cast": cmd_cast, "people": cmd_people,
-            "models": cmd_models, "eval": eval_cmd.run}
+            "models": cmd_models, "eval": eval_cmd.run, "clip": cmd_clip}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .cast import SheetTile, draw_sheet
+from .clips import Clip, ClipCutter
 from .errors import AmbiguousMovieError, BadInputError, CastUnavailableError, DamagedIndexError, MovieNotFoundError
 from .indexing.indexer import Indexer
 from .indexing.sources import check_source
@@ -76,6 +77,7 @@ class Engine:
         self._cache: OrderedDict[str, MovieIndex] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._catalog = IndexCatalog(self.settings.index_dir)
+        self._clips = ClipCutter()
         if self.settings.torch_threads:
             import torch
 
@@ -392,6 +394,22 @@ class Engine:
         if response.timeline is None:
             raise BadInputError("This search has no timeline; search again to get one.")
         return draw_timeline(response.timeline, f"{response.movie} — where this character appears")
+
+    def clip(self, movie: str | MovieInfo, shot: int, around_s: float | None = None) -> Clip:
+        """A short muted MP4 of shot `shot` (its number, as results show it) of `movie`: at most
+        10 s around `around_s` (a result's `frame_s`; the shot's middle when None), clamped to the
+        shot, cut from the video the movie was indexed from and cached in its index folder
+        (core/clips.py). `Clip.path` is the file. Raises a `ClipError` for a frames-folder movie,
+        a video moved or changed since indexing, or a shot the movie does not have."""
+        index = self.open_index(movie)
+        # Users see shot numbers; for a video (the only source with clips) a shot's number is its id.
+        return self._clips.clip(index, shot, around_s)
+
+    def check_clip(self, movie: str | MovieInfo, shot: int) -> None:
+        """Raise what `clip` would raise before cutting (a frames-folder movie, a moved video, no
+        such shot), without decoding anything: a front-end can refuse at once and only then
+        say that it is cutting."""
+        self._clips.check(self.open_index(movie), shot)
 
     def _check_queries(self, queries: Iterable[QueryImage | ImageLike]) -> list[QueryImage]:
         """The queries, refused before any work when there are none, more than

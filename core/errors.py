@@ -86,3 +86,20 @@ class StorageError(CastfinderError):
 
 class CastUnavailableError(CastfinderError):
     """The index holds no cast: built before casts existed, or without a face channel."""
+
+
+# -- preview clips (core/clips.py) -------------------------------------------------------------
+class ClipError(CastfinderError):
+    """A preview clip that cannot be cut; the message says why and what still works."""
+
+
+class NoVideoError(ClipError):
+    """The movie was indexed from a frames folder: there is no video to cut from."""
+
+
+class SourceMovedError(ClipError):
+    """The video the movie was indexed from is not where it was, or not the same file any more."""
+
+
+class ShotNotFoundError(ClipError):
+    """The movie has no shot of that number."""

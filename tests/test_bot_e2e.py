@@ -149,8 +149,8 @@ async def test_more_pages_through_stored_results(h) -> None:
     async with h.polling():
         h.srv.push_update(h.photo(ROSE.read_bytes()))
         [first] = await wait_listing(h)
-        [yes, no, [button]] = first.params["reply_markup"]["inline_keyboard"]
-        assert [yes[0]["text"], no[0]["text"]] == ["✓1", "✗1"]  # feedback on the one result shown
+        [clips, yes, no, [button]] = first.params["reply_markup"]["inline_keyboard"]
+        assert [clips[0]["text"], yes[0]["text"], no[0]["text"]] == ["▶ 1", "✓1", "✗1"]  # clip and feedback, then More
         assert button["text"] == "More (2 left)"
         assert len(button["callback_data"]) <= 64
         h.srv.push_update(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=first.result,
@@ -160,21 +160,21 @@ async def test_more_pages_through_stored_results(h) -> None:
         h.srv.push_update(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=first.result,
                                           data=button["callback_data"]))
         await h.srv.wait_until(lambda calls: sum(c.method == "answerCallbackQuery" for c in calls) == 2)
-        [_, _, [button2]] = second.params["reply_markup"]["inline_keyboard"]
+        [_, _, _, [button2]] = second.params["reply_markup"]["inline_keyboard"]
         assert button2["text"] == "More (1 left)"
         h.srv.push_update(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=second.result,
                                           data=button2["callback_data"]))
         [_, _, third] = await wait_listing(h, 3)
-    assert [b["text"] for row in third.params["reply_markup"]["inline_keyboard"] for b in row] == ["✓3", "✗3"]
+    assert [b["text"] for row in third.params["reply_markup"]["inline_keyboard"] for b in row] == ["▶ 3", "✓3", "✗3"]
     ranks = [c.result["text"].split("\n")[1].split(" · ")[0] for c in listings(h)]
     assert ranks == ["#1", "#2", "#3"]
     # One thumbnail per page, sent as single photos (an album needs two), and the first page's timeline.
     photos = h.srv.calls_of("sendPhoto")
     assert len(photos) == 4 and h.srv.calls_of("sendMediaGroup") == []
     assert [name for c in photos for name in c.filenames.values()].count("timeline.png") == 1
-    # The first list lost its "More" when it was used, and kept its ✓/✗.
+    # The first list lost its "More" when it was used, and kept its ▶ and ✓/✗.
     kept = h.srv.messages[(USER_ID, first.result["message_id"])]["reply_markup"]["inline_keyboard"]
-    assert [b["text"] for row in kept for b in row] == ["✓1", "✗1"]
+    assert [b["text"] for row in kept for b in row] == ["▶ 1", "✓1", "✗1"]
 
 
 async def test_rate_limit(tmp_path: Path, titanic_engine) -> None:

@@ -377,7 +377,8 @@ async def list_with_more(h: Harness, *, chat: dict = ALICE_CHAT, caption: str | 
     await h.feed(h.photo(jpeg(), chat=chat, caption=caption))
     call = next(c for c in reversed(h.srv.calls_of("sendMessage"))
                 if c.params["chat_id"] == chat["id"] and is_listing(c.params["text"]))
-    data = call.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+    [data] = [b["callback_data"] for row in call.params["reply_markup"]["inline_keyboard"] for b in row
+              if b["callback_data"].startswith("mr:")]  # the rows above it are ▶ clip buttons
     assert MoreResults.unpack(data).offset == 5
     return call.result, data
 
@@ -387,7 +388,8 @@ async def list_with_more(h: Harness, *, chat: dict = ALICE_CHAT, caption: str | 
     ["", "x" * 65, "zz:1:2", "mr", "mr:", "mr:{page}", "mr:{page}:5:7", "mr:{page}:-5", "mr:{page}:+5",
      "mr:{page}: 5", "mr:{page}:٥", "mr:{page}:⁵", "mr:{page}:5_0", "mr:{page}:" + "9" * 30,
      "mr:{page}:" + "9" * 5000, "mr:no-such-page:5", "mr:{page}!:5", "mr:{page}:501", "mv:zzz", "mv:" + "a" * 64,
-     "pk:{page}:1"],
+     "pk:{page}:1", "cl:{page}", "cl:{page}:0", "cl:{page}:-1", "cl:{page}:٥", "cl:{page}:1_0", "cl:{page}:51",
+     "cl:{page}:501", "cl:no-such-page:1", "cl:{page}:1:1", "cl:../../etc/passwd:1"],
 )
 async def test_malformed_or_unknown_callback_data_is_answered_as_an_expired_button(
         h: Harness, log: pytest.LogCaptureFixture, data: str) -> None:

@@ -60,9 +60,9 @@ async def test_one_photo_gets_the_engines_ranking_as_an_album_and_a_list(h, tita
     weak = ["weak match" in c for c in expected]
     assert text.startswith("No confident match in Titanic" if all(weak) else "Titanic: best shots 1–3 of 3:")
     assert ("Weak matches are under the confidence threshold" in text) == any(weak)
-    # Three results, five per page: no "More"; only the feedback buttons, ✓ and ✗ per result.
+    # Three results, five per page: no "More"; a ▶ clip button for each, then ✓ and ✗ per result.
     keyboard = [b["text"] for row in listing.params["reply_markup"]["inline_keyboard"] for b in row]
-    assert keyboard == ["✓1", "✓2", "✓3", "✗1", "✗2", "✗3"]
+    assert keyboard == ["▶ 1", "▶ 2", "▶ 3", "✓1", "✓2", "✓3", "✗1", "✗2", "✗3"]
     assert listing.params["reply_parameters"]["message_id"] == asked
     # The status message came and went; the chat showed "sending a photo".
     [status] = [c for c in h.srv.calls_of("sendMessage") if c.params["text"].startswith("⬇️")]

@@ -65,7 +65,7 @@ async def on_more(
         return
     if isinstance(callback.message, Message):
         # The button goes first: a second tap (or a concurrent one) then finds nothing to
-        # remove, and the page is not sent twice. The list's ✓/✗ buttons stay (handlers/feedback.py).
+        # remove, and the page is not sent twice. The list's ▶ and ✓/✗ buttons stay (handlers/clips.py, feedback.py).
         shown = page.results[max(0, callback_data.offset - page.page_size) : callback_data.offset]
         try:
             await callback.message.edit_reply_markup(reply_markup=results_keyboard(page, shown, len(page.results)))

@@ -57,7 +57,7 @@ class FeedbackHandler:
         page = await db.results(data.page, chat_id=message.chat.id)
         result = next((r for r in page.results if r.rank == data.rank), None) if page is not None else None
         stored = await db.query_vectors(page.id, chat_id=page.chat_id) if page is not None else None
-        if page is None or result is None or stored is None or not page.slug or result.shot_id < 1:
+        if page is None or result is None or stored is None or not page.build_id or result.shot_id < 1:
             await callback.answer(texts.results_expired(), show_alert=True)
             return
         if page.user_id != callback.from_user.id:

@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypeVar
 
 from core import (
     CastMember,
@@ -20,6 +20,9 @@ from core import (
     SearchResponse,
     Settings,
 )
+
+if TYPE_CHECKING:
+    from core.clips import Clip
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ class EngineLike(Protocol):
                         progress: Callable[[Progress], None] = ...) -> SearchResponse: ...
     def timeline_png(self, response: SearchResponse) -> bytes: ...
     def refine(self, movie: Any, query_vectors: Any, feedback: Feedback, *, top: int = 5) -> SearchResponse: ...
+    def check_clip(self, movie: Any, shot: int) -> None: ...
+    def clip(self, movie: Any, shot: int, around_s: float | None = None) -> Clip: ...
 
 
 def movie_key(slug: str) -> str:
@@ -154,6 +159,16 @@ class EngineGateway:
     async def refine(self, movie: MovieInfo, vectors: Any, feedback: Feedback, *, top: int) -> SearchResponse:
         """A stored query searched again with the user's feedback (no screenshots, no models)."""
         return await self._heavy(lambda: self.engine.refine(movie, vectors, feedback, top=top))
+
+    # -- clips --------------------------------------------------------------------------
+    async def check_clip(self, movie: str, shot: int) -> None:
+        """Raise at once what cutting would raise (frames folder, moved video, no such shot): on
+        the catalogue thread, so the answer to a ▶ tap does not wait behind searches."""
+        await self._light(self.engine.check_clip, movie, shot)
+
+    async def clip(self, movie: str, shot: int, around_s: float | None) -> Clip:
+        """Cut (or take from the cache) a clip: decoding and encoding, on the engine threads."""
+        return await self._heavy(self.engine.clip, movie, shot, around_s)
 
     def close(self) -> None:
         """Drop queued engine calls; running ones finish on their threads (they cannot be interrupted)."""

@@ -50,7 +50,7 @@ def unpack(data: bytes) -> dict[str, np.ndarray] | None:
 def stored_results(response: SearchResponse, first_rank: int = 1) -> list[StoredResult]:
     return [
         StoredResult(rank, r.shot, r.scene, r.start_s, r.end_s, r.confidence, r.thumbnail or "", r.low_confidence,
-                     r.shot_id, r.crop)
+                     r.shot_id, r.crop, r.frame_s)
         for rank, r in enumerate(response.results, start=first_rank)
     ]
 

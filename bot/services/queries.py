@@ -314,8 +314,8 @@ class QueryService:
         query = pack(response.query_vectors)
         page = await self.storage.save_results(
             chat_id=target.chat_id, user_id=ctx.user_id, reply_to=target.reply_to, thread_id=target.thread_id,
-            movie=response.movie, page_size=ctx.topk, results=stored, notes=notes,
-            slug=ctx.movie.slug if query else "", build_id=ctx.movie.build_id if query else "", query=query,
+            movie=response.movie, page_size=ctx.topk, results=stored, notes=notes, slug=response.slug,
+            build_id=ctx.movie.build_id if query else "", query=query,
         )
         await ResultSender(ctx.bot, self.thumbnails).send_page(page, 0, timeline=await self._timeline(response))
         ctx.record.results = len(stored)

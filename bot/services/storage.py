@@ -117,6 +117,7 @@ class StoredResult:
     # What feedback on the result names (core.Mark); 0 / -1 in pages stored before feedback.
     shot_id: int = 0
     crop: int = -1
+    frame_s: float | None = None  # the best-matching moment: the ▶ clip is centred on it
 
 
 @dataclass(frozen=True)

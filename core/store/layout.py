@@ -18,3 +18,5 @@ OLD_PREFIX = ".old-"  # an index renamed aside while its replacement is swapped 
 # published changes (tidy-up, claiming a build, the swap of a build into place and the removal of
 # the `.old-*` it leaves); shared while indexes are listed or loaded (core/store/locks.py).
 INDEX_DIR_LOCK = "."
+# Preview clips cut on demand (core/clips.py), cached in the movie's folder; optional, rebuilt on need.
+CLIPS = "clips"
