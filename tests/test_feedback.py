@@ -249,8 +249,9 @@ async def test_a_database_of_the_previous_schema_opens_and_its_pages_expire_poli
         page = await storage.results("oldpage", chat_id=USER_ID)
         assert page is not None and page.results[0].shot == 3 and page.slug == "" and page.version == 0
         assert await storage.query_vectors("oldpage", chat_id=USER_ID) is None
-        # An old page takes no feedback: its list gets no ✓/✗ buttons.
-        assert results_keyboard(page, page.results, 1) is None
+        # An old page takes no feedback: its list gets no ✓/✗ buttons (its ▶ stays).
+        keyboard = results_keyboard(page, page.results, 1)
+        assert keyboard is not None and [b.text for row in keyboard.inline_keyboard for b in row] == ["▶ 1"]
         assert (await storage.stats()).corrected == 0
         async with aiosqlite.connect(path) as db:
             assert await schema_version(db) == SCHEMA_VERSION == 3

@@ -239,7 +239,7 @@ async def test_the_bot_answer_has_the_timeline_and_more_does_not_resend_it(tmp_p
         assert "Hatched: 2 weak matches, not counted." in caption
         assert photo.params["reply_parameters"]["message_id"] == album.params["reply_parameters"]["message_id"]
         # "More" sends the next page's thumbnails and list, and no second timeline.
-        button = listing.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+        button = listing.params["reply_markup"]["inline_keyboard"][-1][0]["callback_data"]  # More: the last row
         assert MoreResults.unpack(button).offset == 5
         before = len(h.srv.calls_of("sendPhoto"))
         await h.feed(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=listing.result, data=button))
