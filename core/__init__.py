@@ -23,12 +23,14 @@ _EXPORTS = {
     "format_ts": ".naming", "slugify": ".naming",
     "Settings": ".settings",
     "DamagedMovie": ".types", "IndexReport": ".types", "MovieInfo": ".types", "Person": ".types", "Progress": ".types",
-    "RankedShot": ".types", "SearchResponse": ".types", "Shot": ".types", "ShotResult": ".types",
+    "RankedShot": ".types", "IdentifyResponse": ".types", "IdentifiedShot": ".types",
+    "MovieCandidate": ".types", "SearchResponse": ".types", "Shot": ".types", "ShotResult": ".types",
 }
 
 __all__ = [
     "AmbiguousMovieError", "BadInputError", "CastfinderError", "DamagedIndexError", "DamagedMovie", "Engine",
-    "IndexCorruptError", "IndexReport", "ModelMismatchError", "ModelNotFoundError", "MovieInfo",
+    "IdentifiedShot", "IdentifyResponse", "IndexCorruptError", "MovieCandidate", "IndexReport", "ModelMismatchError",
+    "ModelNotFoundError", "MovieInfo",
     "MovieNotFoundError", "Person", "Progress", "QueryImage", "RankedShot", "SearchResponse", "Settings",
     "SettingsError", "Shot", "ShotResult", "format_ts", "slugify",
 ]
@@ -65,7 +67,10 @@ if TYPE_CHECKING:
     from .settings import Settings
     from .types import (
         DamagedMovie,
+        IdentifiedShot,
+        IdentifyResponse,
         IndexReport,
+        MovieCandidate,
         MovieInfo,
         Person,
         Progress,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from . import admin, callbacks, commands, movies, queries
+from . import admin, callbacks, commands, identify, movies, queries
 
 
 def create_routers() -> list[Router]:
     """Fresh routers (a router belongs to one dispatcher; tests build many)."""
-    return [m.create_router() for m in (queries, movies, admin, callbacks, commands)]
+    return [m.create_router() for m in (queries, movies, admin, identify, callbacks, commands)]

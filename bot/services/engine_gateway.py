@@ -9,7 +9,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
-from core import MovieInfo, MovieNotFoundError, Person, Progress, QueryImage, SearchResponse
+from core import IdentifyResponse, MovieInfo, MovieNotFoundError, Person, Progress, QueryImage, SearchResponse
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class EngineLike(Protocol):
     def annotate_people(self, image: Any, people: Sequence[Person]) -> bytes: ...
     def search(self, movie: Any, queries: Any, *, top: int = 5, aggregation: str | None = None,
                progress: Callable[[Progress], None] = ...) -> SearchResponse: ...
+    def identify(self, image: Any, *, top: int = 3) -> IdentifyResponse: ...
 
 
 def movie_key(slug: str) -> str:
@@ -113,6 +114,10 @@ class EngineGateway:
                     pass
 
         return await self._heavy(lambda: self.engine.search(movie, queries, top=top, progress=progress))
+
+    async def identify(self, image: Any, *, top: int = 3) -> IdentifyResponse:
+        """Which movie a screenshot is from (the whole catalogue: a heavy call)."""
+        return await self._heavy(lambda: self.engine.identify(image, top=top))
 
     def close(self) -> None:
         """Drop queued engine calls; running ones finish on their threads (they cannot be interrupted)."""

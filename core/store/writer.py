@@ -67,6 +67,19 @@ CREATE TABLE faces (
     x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL
 );
 """
+# Optional (indexes written before it lack it, and still load): each detected frame's whole-frame
+# descriptor (core/search/framesig.py), which lets `castfinder identify` find a screenshot's movie.
+# `kind` is the descriptor's version; `vec` its float32 values.
+FRAMES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS frame_descriptors (
+    id INTEGER PRIMARY KEY,
+    shot_id INTEGER NOT NULL,
+    frame_index INTEGER NOT NULL,
+    frame_s REAL NOT NULL,
+    kind TEXT NOT NULL,
+    vec BLOB NOT NULL
+);
+"""
 
 
 @dataclass(frozen=True)
@@ -256,6 +269,7 @@ class IndexWriter:
             self.db = sqlite3.connect(self.tmp / META)
             if fresh:
                 self.db.executescript(_SCHEMA)
+            self.db.executescript(FRAMES_SCHEMA)  # also into a resumed build of older code
         except BaseException:
             self.abort()
             raise
@@ -314,6 +328,7 @@ class IndexWriter:
         db.execute("DELETE FROM faces WHERE crop_id >= ?", (checkpoint.crops,))
         db.execute("DELETE FROM crops WHERE id >= ?", (checkpoint.crops,))
         db.execute("DELETE FROM shots WHERE id > ?", (checkpoint.done_shot,))
+        db.execute("DELETE FROM frame_descriptors WHERE shot_id > ?", (checkpoint.done_shot,))
         db.commit()
         for name, file in self._files.items():
             file.truncate(checkpoint.vectors.get(name, 0))
@@ -359,6 +374,13 @@ class IndexWriter:
         db.executemany("INSERT INTO faces VALUES (?,?,?,?,?)", [(int(ids[row]), *box) for row, box in faces])
         for channel, (vecs, which) in vectors.items():
             self._files[channel].append(vecs, ids[np.asarray(which, dtype=np.int64)])
+
+    def add_frames(self, frames: Sequence[tuple[int, int, float]], kind: str, vectors: np.ndarray) -> None:
+        """Whole-frame descriptors: (shot id, frame index, time) per row of `vectors`."""
+        self._conn().executemany(
+            "INSERT INTO frame_descriptors (shot_id, frame_index, frame_s, kind, vec) VALUES (?,?,?,?,?)",
+            [(sid, fi, fs, kind, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+             for (sid, fi, fs), v in zip(frames, vectors)])
 
     def calibrate(self, fit: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], T]) -> dict[str, T]:
         """Per channel, `fit(vectors, frames, boxes, shots)` over everything added so far."""
