@@ -173,17 +173,48 @@ def left_out(engine, index_dir: Path, probes_: list[Probe]) -> dict:  # type: ig
     return {"n": total, "rejected": rejected / max(total, 1), "false_answers": wrong}
 
 
+def example(engine, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A picture for the docs: a letterboxed, recompressed screenshot and what identify answers."""
+    from PIL import ImageDraw
+
+    from core import format_ts
+
+    with av.open(str(CLIPS["The Office"])) as container:
+        frame = next(f for f in container.decode(video=0) if f.time is not None and f.time >= 9.0).to_image()
+    query = jpeg(bordered(frame), 40)
+    response = engine.identify(query, top=1)
+    best = response.shots[0]
+    thumb = Image.open(best.thumbnail).convert("RGB")
+    height = 240
+    left = query.resize((round(query.width * height / query.height), height))
+    right = thumb.resize((round(thumb.width * height / thumb.height), height))
+    canvas = Image.new("RGB", (left.width + right.width + 60, height + 70), (255, 255, 255))
+    canvas.paste(left, (20, 20))
+    canvas.paste(right, (left.width + 40, 20))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((20, height + 28), "screenshot: letterboxed, JPEG q40", fill=(0, 0, 0))
+    draw.text((left.width + 40, height + 28),
+              f"Looks like {response.movie}, shot {best.shot} at {format_ts(best.frame_s, decimals=0)}\n"
+              f"{response.confidence:.0%} sure, found by {best.evidence}", fill=(0, 0, 0))
+    canvas.save(path, "JPEG", quality=80)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--index-dir", type=Path, required=True)
     parser.add_argument("--per-clip", type=int, default=20)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--example", type=Path, help="only draw the docs' example picture here (JPEG)")
     args = parser.parse_args()
     from core import Engine, Settings
 
     engine = Engine(Settings(index_dir=args.index_dir))
     ensure_indexed(engine, args.index_dir)
+    if args.example:
+        example(engine, args.example)
+        engine.catalog.close()
+        return 0
     report = engine.rebuild_catalog()
     sample = probes(args.per_clip, args.seed)
     results: dict = {"catalogue": {"movies": len(engine.movies()), "without_descriptors": report.without_descriptors}}

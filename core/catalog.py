@@ -267,8 +267,11 @@ class Catalog:
             for slug in sorted(set(have) - set(wanted)):
                 self.remove(slug)
                 report.removed.append(slug)
-            # Rows of a crashed update that no entry claims.
-            self._drop_orphans(set(wanted) & set(have))
+            stale = [s for s, info in wanted.items() if s not in have or have[s].build_id != info.build_id]
+            if report.removed or stale:
+                # Rows of a crashed update that no entry claims (checked only when something changed:
+                # a delete over every collection is no cost to pay per identify).
+                self._drop_orphans(set(wanted) & set(have))
             for slug, info in wanted.items():
                 entry = have.get(slug)
                 if entry is None or entry.build_id != info.build_id:

@@ -15,7 +15,7 @@ from PIL import Image
 
 # Bump when the descriptor changes: the catalogue re-reads every movie whose descriptors were
 # made by another version (and indexes keep the version they were built with).
-DESCRIPTOR_VERSION = "thumb16-v3"
+DESCRIPTOR_VERSION = "thumb16-v4"
 GRID = 16  # the thumbnail is GRID×GRID cells
 DIM = GRID * GRID * 3
 # Luma's spread under this is flat: not blown up into noise.
@@ -30,9 +30,9 @@ _BORDER_TOLERANCE = 32
 _BORDER_OUTLIERS = 0.02
 # ... and at most this fraction of the frame is cut from each side (a black night sky stays).
 _MAX_BORDER = 0.4
-# A border is dark (a letterbox) or perfectly flat (a player's or an app's bar of any colour);
-# a picture's smooth edge (a sky, a wall) is neither, and stays.
-_DARK_BAR = 48
+# A border is dark (a letterbox: every pixel under _DARK_BAR) or perfectly flat (a player's or an
+# app's bar of any colour); a picture's smooth edge (a sky, a wall) is neither, and stays.
+_DARK_BAR = 40
 _FLAT_BAR = 3.0
 # Past a border, this fraction of the frame more is cut: the bar's edge, blurred by compression.
 _GUARD = 0.005
@@ -45,16 +45,27 @@ def content_box(rgb: np.ndarray) -> tuple[int, int, int, int]:
     h, w = rgb.shape[:2]
     grey = rgb.astype(np.int16).mean(axis=2)
 
-    def is_border(line: np.ndarray, colour: float) -> bool:
+    def is_dark(line: np.ndarray) -> bool:
+        return bool(np.mean(line > _DARK_BAR) <= _BORDER_OUTLIERS)
+
+    def is_border(line: np.ndarray, colour: float | None) -> bool:
+        if colour is None:  # dark bars: every line dark, whatever its exact shade
+            return is_dark(line)
         return bool(np.mean(np.abs(line - colour) > _BORDER_TOLERANCE) <= _BORDER_OUTLIERS)
 
     def trim(lines: np.ndarray, limit: int) -> int:
-        """How many of `lines` (first to last) are border, of the first line's colour, and a
-        guard band past them (JPEG's ringing blurs the bar's edge into the picture's first rows)."""
+        """How many of `lines` (first to last) are border, and a guard band past them (JPEG's
+        ringing blurs the bar's edge into the picture's first rows). Dark lines are border by
+        themselves, so that a letterboxed screenshot and its film frame lose the same dark rows of
+        picture; a flat bar of another colour (an app's) is followed while lines keep its colour."""
         first = lines[0]
-        colour = float(np.median(first))
-        if colour > _DARK_BAR and float(first.std()) > _FLAT_BAR:
-            return 0  # neither a dark bar nor a flat one of another colour: the picture itself
+        colour: float | None
+        if is_dark(first):
+            colour = None
+        elif float(first.std()) <= _FLAT_BAR:
+            colour = float(np.median(first))
+        else:
+            return 0  # neither a dark bar nor a flat one: the picture itself
         count = 0
         while count < limit and is_border(lines[count], colour):
             count += 1
