@@ -170,6 +170,34 @@ class ClipRequest(CallbackData, prefix="cl"):
         return ascii_number(value, 1, MAX_RESULTS_CAP)
 
 
+class IdentifyAction(CallbackData, prefix="id"):
+    """A button under "Looks like <movie>": search this screenshot's character there ("s"), or
+    only set the movie for the chat ("m"). `pick` is the PendingPick that keeps the screenshot."""
+
+    pick: str
+    act: str
+
+    @field_validator("pick", mode="before")
+    @classmethod
+    def _pick(cls, value: object) -> str:
+        return _matching(_STORED_ID, value, "pick id")
+
+    @field_validator("act", mode="before")
+    @classmethod
+    def _act(cls, value: object) -> str:
+        if value not in ("s", "m"):
+            raise ValueError("not an identify action")
+        return str(value)
+
+
+def identify_keyboard(pick_id: str, movie: str) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    builder.button(text=texts.identify_search_button(movie), callback_data=IdentifyAction(pick=pick_id, act="s"))
+    builder.button(text=texts.identify_set_button(movie), callback_data=IdentifyAction(pick=pick_id, act="m"))
+    builder.adjust(1)
+    return builder.as_markup()
+
+
 def movies_keyboard(movies: Sequence[MovieInfo]) -> InlineKeyboardMarkup:
     builder = InlineKeyboardBuilder()
     for m in movies:

@@ -517,3 +517,33 @@ def clip_failed() -> str:
 
 def clip_busy() -> str:
     return "I'm still cutting your previous clip; tap again when it has arrived."
+
+
+# -- which movie is this? (a screenshot with no movie set: bot/services/identify.py) -------------
+def status_identifying() -> str:
+    return "🔎 Which movie is this? Looking through every indexed movie…"
+
+
+def identified(movie: str, shot: int, scene: int | None, at_s: float, confidence: float) -> str:
+    return (f"🎬 Looks like <b>{quote(movie, NAME_CHARS)}</b>, shot {shot_label(shot, scene)} at "
+            f"{format_ts(at_s, decimals=0)} ({percent(confidence)}% sure).\n"
+            "Search this character in it, or set it as this chat's movie.")
+
+
+def not_identified(closest: Sequence[str]) -> str:
+    text = "🤷 This screenshot is not from any movie I have indexed."
+    if closest:
+        text += " Closest: " + ", ".join(f"<b>{quote(n, NAME_CHARS)}</b>" for n in closest) + "."
+    return text + "\nPick a movie with /movies or <code>/movie name</code>, then send the screenshot again."
+
+
+def identify_search_button(movie: str) -> str:
+    return f"🔎 Search in {shorten(movie, 40)}"
+
+
+def identify_set_button(movie: str) -> str:
+    return f"🎬 Set {shorten(movie, 40)} for this chat"
+
+
+def identify_searching(movie: str) -> str:
+    return shorten(f"Searching {movie}…", 190)

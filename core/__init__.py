@@ -26,12 +26,14 @@ _EXPORTS = {
     "DamagedMovie": ".types", "IndexReport": ".types", "MovieInfo": ".types", "Person": ".types", "Progress": ".types",
     "RankedShot": ".types", "SearchResponse": ".types", "Shot": ".types", "ShotResult": ".types",
     "Timeline": ".types", "TimelineShot": ".types", "Feedback": ".types", "Mark": ".types",
+    "IdentifyResponse": ".types", "IdentifiedShot": ".types", "MovieCandidate": ".types",
 }
 
 __all__ = [
     "AmbiguousMovieError", "BadInputError", "CastMember", "CastUnavailableError", "CastfinderError",
-    "DamagedIndexError", "DamagedMovie", "Engine", "Feedback", "IndexCorruptError", "IndexReport", "Mark",
-    "ModelMismatchError", "ModelNotFoundError", "MovieInfo",
+    "DamagedIndexError", "DamagedMovie", "Engine", "Feedback", "IdentifiedShot", "IdentifyResponse",
+    "IndexCorruptError", "IndexReport", "Mark", "ModelMismatchError", "ModelNotFoundError", "MovieCandidate",
+    "MovieInfo",
     "MovieNotFoundError", "Person", "Progress", "QueryImage", "RankedShot", "SearchResponse", "Settings",
     "SettingsError", "Shot", "ShotResult", "Timeline", "TimelineShot", "format_ts", "slugify",
 ]
@@ -71,8 +73,11 @@ if TYPE_CHECKING:
         CastMember,
         DamagedMovie,
         Feedback,
+        IdentifiedShot,
+        IdentifyResponse,
         IndexReport,
         Mark,
+        MovieCandidate,
         MovieInfo,
         Person,
         Progress,

@@ -15,12 +15,14 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Sized
+from typing import Callable, Iterable, Sequence, Sized
 
 import numpy as np
 from PIL import Image
 
 from .cast import SheetTile, draw_sheet
+from .catalog import FRAMES as FRAMES_COLLECTION
+from .catalog import Catalog, SyncReport, people_collection
 from .clips import Clip, ClipCutter
 from .errors import AmbiguousMovieError, BadInputError, CastUnavailableError, DamagedIndexError, MovieNotFoundError
 from .indexing.indexer import Indexer
@@ -32,8 +34,11 @@ from .models.detector import PersonDetector
 from .models.factory import make_channel, make_detector
 from .naming import slugify
 from .search import feedback as feedback_plan
+from .search import framesig
 from .search.annotate import draw_people
+from .search.calibration import Calibration
 from .search.fusion import Hits, fuse
+from .search.identify import PLAUSIBLE, Tally
 from .search.images import ImageLike, QueryImage, Selection, crop, load_image
 from .search.ranking import aggregate
 from .search.timeline import draw_timeline
@@ -43,7 +48,10 @@ from .types import (
     CastMember,
     DamagedMovie,
     Feedback,
+    IdentifiedShot,
+    IdentifyResponse,
     IndexReport,
+    MovieCandidate,
     MovieInfo,
     Person,
     Progress,
@@ -82,6 +90,8 @@ class Engine:
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
+        self._movie_catalog: Catalog | None = None  # "which movie is this?": opened on first use
+        self._calibrations: dict[tuple[str, str, str], Calibration | None] = {}
         tidy_index_dir(self.settings.index_dir)
         if load_models:
             self.load_models()
@@ -214,7 +224,115 @@ class Engine:
                                                                            replace=replace)
         with self._cache_lock:
             self._cache.pop(report.movie.slug, None)
+        self._update_catalog()
         return report
+
+    # -- the catalogue: which movie is this? -----------------------------------------------
+    @property
+    def catalog(self) -> Catalog:
+        if self._movie_catalog is None:
+            self._movie_catalog = Catalog(self.settings)
+        return self._movie_catalog
+
+    def _update_catalog(self) -> None:
+        """After a build: the catalogue learns the movie (and forgets what is gone). Never fails
+        the build: a catalogue that cannot be updated now (busy, a server down) catches up on the
+        next `identify` or `castfinder catalog rebuild`. No catalogue yet: the first identify makes it."""
+        if not self.catalog.exists:
+            return
+        try:
+            report = self.sync_catalog()
+        except Exception as exc:
+            log.warning("the catalogue was not updated (%s); it catches up on the next identify", exc)
+            return
+        for failure in report.failed:
+            log.warning("the catalogue skipped %s", failure)
+
+    def sync_catalog(self, progress: Callable[[str], None] | None = None) -> SyncReport:
+        """Bring the catalogue in line with the indexed movies (cheap when nothing changed)."""
+        return self.catalog.sync(self.movies(), progress)
+
+    def rebuild_catalog(self, progress: Callable[[str], None] | None = None) -> SyncReport:
+        """Build the catalogue afresh from every movie's index."""
+        return self.catalog.rebuild(self.movies(), progress)
+
+    def identify(self, image: ImageLike, *, top: int = 3) -> IdentifyResponse:
+        """Which indexed movie, and which shot, `image` (a screenshot, or a crop of a person) is
+        from: the whole frame and the people in it searched across the catalogue."""
+        started = time.perf_counter()
+        if top < 1:
+            raise BadInputError("--top must be at least 1.")
+        if isinstance(image, (str, Path)):
+            check_file(image, "an image file")
+        movies = {m.slug: m for m in self.movies()}
+        if not movies:
+            raise BadInputError("No movie is indexed yet, so there is nothing to compare with: index one with "
+                                "castfinder index VIDEO --movie NAME.")
+        speed: dict[str, float] = {}
+        clock = time.perf_counter()
+        report = self.sync_catalog()
+        entries = self.catalog.entries()
+        speed["catalogue"] = time.perf_counter() - clock
+        img = self.load_image(image)
+        tally = Tally()
+        clock = time.perf_counter()
+        descriptor = framesig.describe(img)[None]
+        tally.add_frames(self.catalog.search(FRAMES_COLLECTION, descriptor, _FRAME_HITS)[0])
+        speed["frame"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        people = self._people_in(img)
+        # The most prominent people (a crowd adds little but time); nobody found: the image itself.
+        prominent = sorted(people, key=lambda p: -p.score * p.area_fraction**0.5)[:_IDENTIFY_PEOPLE]
+        crops = [crop(img, p.bbox) for p in prominent] or [img]
+        models = {(channel, model) for e in entries.values() if e.slug in movies for channel, model in e.people.items()}
+        for channel, model in sorted(models):
+            encoded = self.channel_for(channel, model).encode(crops)
+            calibrations = {slug: calib for slug in movies
+                            if (calib := self._calibration(movies[slug], channel, model)) is not None}
+            for row in self.catalog.search(people_collection(channel, model), encoded.vectors, _PEOPLE_HITS):
+                tally.add_people(row, calibrations)
+        speed["people"] = time.perf_counter() - clock
+        ranked = [(slug, conf) for slug, conf in tally.movies() if slug in movies]
+        floor = self.settings.identify_min_confidence
+        answer = ranked[0] if ranked and ranked[0][1] >= floor else None
+        shots: list[IdentifiedShot] = []
+        if answer is not None:
+            shots = self._identified_shots(movies[answer[0]], tally, top)
+        candidates = [MovieCandidate(movies[slug].name, slug, conf) for slug, conf in ranked
+                      if conf >= PLAUSIBLE and (answer is None or slug != answer[0])][:_CANDIDATES]
+        return IdentifyResponse(
+            movie=movies[answer[0]].name if answer else None, slug=answer[0] if answer else None,
+            confidence=answer[1] if answer else (ranked[0][1] if ranked else 0.0), shots=shots,
+            candidates=candidates, movies_searched=len(movies), people=len(people),
+            without_descriptors=sorted(report.without_descriptors), elapsed_s=time.perf_counter() - started,
+            speed=speed)
+
+    def _identified_shots(self, info: MovieInfo, tally: Tally, top: int) -> list[IdentifiedShot]:
+        """The movie's best shots, with their times and thumbnails from its index (one index loaded)."""
+        index = self.open_index(info)
+        out = []
+        for shot_id, evidence in tally.best_shots(info.slug, top):
+            shot = index.shots.get(shot_id)
+            if shot is None:  # the catalogue is of an older build than the index: skip the stale row
+                continue
+            out.append(IdentifiedShot(
+                shot=shot.number, shot_id=shot.id, scene=shot.scene, start_s=shot.start_s, end_s=shot.end_s,
+                frame_s=evidence.frame_s, confidence=evidence.confidence, evidence=evidence.evidence,
+                thumbnail=index.thumbnail(shot.id)))
+        return out
+
+    def _calibration(self, info: MovieInfo, channel: str, model: str) -> Calibration | None:
+        """A movie's calibration of one channel, read from its manifest once per build."""
+        key = (info.slug, info.build_id, channel)
+        if key not in self._calibrations:
+            try:
+                manifest = read_manifest(info.path)
+            except IndexDamage:
+                manifest = None
+            spec = manifest.channels.get(channel) if manifest is not None else None
+            self._calibrations[key] = (Calibration.from_json(spec.calibration)
+                                       if spec is not None and spec.model == model else None)
+        return self._calibrations[key]
 
     # -- online ---------------------------------------------------------------------------
     def load_image(self, image: ImageLike) -> Image.Image:
@@ -516,6 +634,12 @@ class Engine:
 
 
 _SEARCH_STAGES = ("people", "embed", "search", "rank")
+# identify: frames and person vectors fetched from the catalogue per query vector, people searched
+# per screenshot at most, and other movies offered as candidates at most.
+_FRAME_HITS = 64
+_PEOPLE_HITS = 200
+_IDENTIFY_PEOPLE = 4
+_CANDIDATES = 3
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,13 @@ class Settings(BaseSettings):
     # grows with their number. A Telegram album holds at most 10.
     max_query_images: int = Field(20, ge=1, le=1000)
 
+    # "Which movie is this?" (castfinder identify, the bot without a movie set). The catalogue of
+    # every indexed movie: empty for a Milvus Lite file in the index folder (<index_dir>/.catalog.db),
+    # or a Milvus server's URI (http://host:19530).
+    catalog_uri: str = ""
+    # A screenshot whose best movie is less likely than this is "not in the catalogue".
+    identify_min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+
     @field_validator("index_dir")
     @classmethod
     def _usable_index_dir(cls, value: Path) -> Path:

@@ -328,3 +328,60 @@ ProgressCallback = Callable[[Progress], None]
 
 def no_progress(_: Progress) -> None:
     return None
+
+
+# --- "Which movie is this?" (Engine.identify) ------------------------------------------------------
+
+@dataclass(frozen=True)
+class IdentifiedShot:
+    """A shot that a screenshot matches."""
+
+    shot: int  # Shot.number
+    shot_id: int
+    scene: int | None
+    start_s: float
+    end_s: float
+    frame_s: float  # the time of the best-matching frame or person inside the shot
+    confidence: float  # calibrated, 0-1
+    evidence: str  # "frame", "people" or "frame+people": what found it
+    thumbnail: str | None
+
+
+@dataclass(frozen=True)
+class MovieCandidate:
+    name: str
+    slug: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class IdentifyResponse:
+    """The answer to "which movie is this?". `movie` is None when the screenshot is not in the
+    catalogue; `candidates` then lists the closest movies, only when they are plausible."""
+
+    movie: str | None
+    slug: str | None
+    confidence: float
+    shots: list[IdentifiedShot]
+    candidates: list[MovieCandidate]
+    movies_searched: int
+    people: int  # people found in the screenshot
+    without_descriptors: list[str]  # movies found by their people only: re-index them to match frames too
+    elapsed_s: float
+    speed: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def found(self) -> bool:
+        return self.movie is not None
+
+    def to_json(self) -> dict:
+        return {
+            "found": self.found, "movie": self.movie, "slug": self.slug, "confidence": round(self.confidence, 4),
+            "shots": [{"shot": s.shot, "scene": s.scene, "start_s": round(s.start_s, 3), "end_s": round(s.end_s, 3),
+                       "frame_s": round(s.frame_s, 3), "confidence": round(s.confidence, 4),
+                       "evidence": s.evidence, "thumbnail": s.thumbnail} for s in self.shots],
+            "candidates": [{"movie": c.name, "slug": c.slug, "confidence": round(c.confidence, 4)}
+                           for c in self.candidates],
+            "movies_searched": self.movies_searched, "people": self.people,
+            "without_descriptors": list(self.without_descriptors),
+        }

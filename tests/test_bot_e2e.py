@@ -4,6 +4,7 @@ with the real engine (real person detector) and a real index of the Titanic clip
 from __future__ import annotations
 
 import asyncio
+import io
 import sqlite3
 from pathlib import Path
 
@@ -115,11 +116,18 @@ async def test_unknown_movie(h) -> None:
     assert h.srv.downloads == []
 
 
-async def test_no_movie_selected(h) -> None:
+async def test_no_movie_selected_identifies_the_screenshot(h) -> None:
+    import av
+
+    with av.open(str(DATA / "titanic" / "titanic_20s.mp4")) as container:
+        frame = next(f for f in container.decode(video=0) if f.time is not None and f.time >= 12.0).to_image()
+    data = io.BytesIO()
+    frame.save(data, "JPEG", quality=70)
     async with h.polling():
-        h.srv.push_update(h.photo(ROSE.read_bytes()))
-        await wait_text(h, "Which movie?")
-    assert h.srv.downloads == []
+        h.srv.push_update(h.photo(data.getvalue()))
+        await h.srv.wait_until(lambda calls: any(c.method == "sendPhoto" for c in calls), timeout=60)
+    [answer] = h.srv.calls_of("sendPhoto")
+    assert answer.result["caption"].startswith("🎬 Looks like Titanic, shot 3 at 00:00:1")
 
 
 async def test_non_image_document(h) -> None:

@@ -91,10 +91,13 @@ async def test_an_undecodable_image_file_is_explained(h) -> None:
     assert (await log_rows(h))[0]["outcome"] == "bad_image"
 
 
-async def test_no_movie_selected_is_explained_before_any_download(h) -> None:
+async def test_no_movie_selected_asks_which_movie_this_is(h) -> None:
+    # With no movie named or set the screenshot is matched against every movie (tests/test_identify.py).
     await h.feed(h.photo(ROSE.read_bytes(), chat=private_chat(BOB["id"]), from_user=BOB))
-    assert "Which movie?" in h.sent_texts()[-1]
-    assert h.srv.calls_of("getFile") == []
+    answers = [c.params.get("caption") or c.params.get("text") for c in h.srv.calls
+               if c.method in ("sendPhoto", "sendMessage")]
+    assert any("Looks like Titanic" in a or "not from any movie I have indexed" in a for a in answers if a)
+    assert h.srv.calls_of("sendMediaGroup") == []
 
 
 async def test_a_caption_names_the_movie_for_that_query(h) -> None:

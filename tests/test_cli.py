@@ -155,7 +155,8 @@ def test_every_choice_list_is_the_settings_literal() -> None:
     for dest in ("embedder", "device", "det_runtime", "faiss_index", "aggregation"):
         assert Settings.model_fields[dest].annotation == expected[dest]
     assert found["eval"]["aggregation"] == found["search"]["aggregation"]
-    assert {c for c, o in found.items() if "device" in o} == {"index", "movies", "search", "cast", "people", "eval"}
+    assert {c for c, o in found.items() if "device" in o} == {"index", "movies", "search", "cast", "people", "eval",
+                                                               "identify"}
 
 
 @pytest.mark.parametrize(("flag", "dest"), [("--embedder", "embedder"), ("--device", "device"),

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from . import admin, callbacks, cast, clips, commands, feedback, movies, queries
+from . import admin, callbacks, cast, clips, commands, feedback, identify, movies, queries
 
 
 def create_routers() -> list[Router]:
     """Fresh routers (a router belongs to one dispatcher; tests build many)."""
-    return [m.create_router() for m in (queries, movies, admin, cast, feedback, clips, callbacks, commands)]
+    return [m.create_router() for m in (queries, movies, admin, identify, cast, feedback, clips, callbacks, commands)]

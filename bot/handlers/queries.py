@@ -9,6 +9,7 @@ from .. import texts
 from ..addressing import CaptionIntent
 from ..filters import ForThisBot
 from ..middlewares.throttling import ENGINE_QUERY
+from ..services.identify import IdentifyService
 from ..services.queries import QueryRequest, QueryService
 from ..services.telegram_io import ImageRef, ReplyTarget, image_ref, looks_like_image
 
@@ -34,7 +35,7 @@ async def on_screenshots(
         refs = others[:1]  # so the user hears why this file is not usable
     notes = (texts.album_skipped(skipped),) if album and refs and skipped else ()
     user = message.from_user
-    await queries.run_query(bot, QueryRequest(
+    req = QueryRequest(
         target=ReplyTarget.of(message),
         chat_type=message.chat.type,
         user_id=user.id if user else message.chat.id,
@@ -43,7 +44,12 @@ async def on_screenshots(
         explicit_movie=intent.explicit,
         received_at=received_at,
         notes=notes,
-    ))
+    )
+    if not intent.movie and (await queries.storage.chat(message.chat.id)).movie_slug is None:
+        # No movie named or set: which movie is this? (bot/services/identify.py)
+        await IdentifyService(queries).run(bot, req)
+        return
+    await queries.run_query(bot, req)
 
 
 def create_router() -> Router:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypeVar
 from core import (
     CastMember,
     Feedback,
+    IdentifyResponse,
     MovieInfo,
     MovieNotFoundError,
     Person,
@@ -56,6 +57,7 @@ class EngineLike(Protocol):
     def refine(self, movie: Any, query_vectors: Any, feedback: Feedback, *, top: int = 5) -> SearchResponse: ...
     def check_clip(self, movie: Any, shot: int) -> None: ...
     def clip(self, movie: Any, shot: int, around_s: float | None = None) -> Clip: ...
+    def identify(self, image: Any, *, top: int = 3) -> IdentifyResponse: ...
 
 
 def movie_key(slug: str) -> str:
@@ -169,6 +171,10 @@ class EngineGateway:
     async def clip(self, movie: str, shot: int, around_s: float | None) -> Clip:
         """Cut (or take from the cache) a clip: decoding and encoding, on the engine threads."""
         return await self._heavy(self.engine.clip, movie, shot, around_s)
+
+    async def identify(self, image: Any, *, top: int = 3) -> IdentifyResponse:
+        """Which movie a screenshot is from (the whole catalogue: a heavy call)."""
+        return await self._heavy(lambda: self.engine.identify(image, top=top))
 
     def close(self) -> None:
         """Drop queued engine calls; running ones finish on their threads (they cannot be interrupted)."""

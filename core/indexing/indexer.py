@@ -23,7 +23,7 @@ from ..geometry import Box, crop_box
 from ..models.channels import Channel, Encoded
 from ..models.detector import Detection, PersonDetector
 from ..naming import clean_name, format_ts, slugify
-from ..search import calibration
+from ..search import calibration, framesig
 from ..settings import Settings
 from ..store import FORMAT_VERSION, MANIFEST, Checkpoint, CropRow, IndexWriter, movie_info, read_manifest
 from ..store.faults import storage_error
@@ -317,6 +317,9 @@ class Indexer:
             detections = self.detector.detect([f.image for f in frames])
         for frame, people in zip(frames, detections):
             build.states[frame.shot_id].saw(frame, people)
+        with build.timer("describe"):  # a tiny thumbnail per frame: milliseconds
+            build.writer.add_frames([(f.shot_id, f.frame_index, f.time_s) for f in frames],
+                                    framesig.DESCRIPTOR_VERSION, framesig.describe_many([f.image for f in frames]))
         batch = _Batch.cut(frames, detections)
         if batch.rows:
             keep = self._embed_and_store(build, batch)

@@ -70,6 +70,19 @@ CREATE TABLE faces (
     x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL
 );
 """
+# Optional (indexes written before it lack it, and still load): each detected frame's whole-frame
+# descriptor (core/search/framesig.py), which lets `castfinder identify` find a screenshot's movie.
+# `kind` is the descriptor's version; `vec` its float32 values.
+FRAMES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS frame_descriptors (
+    id INTEGER PRIMARY KEY,
+    shot_id INTEGER NOT NULL,
+    frame_index INTEGER NOT NULL,
+    frame_s REAL NOT NULL,
+    kind TEXT NOT NULL,
+    vec BLOB NOT NULL
+);
+"""
 
 # While building: each face track's largest face so far, as a portrait JPEG (core/cast.py), kept in
 # the database so that it is checkpointed with the crops. Dropped at the end, once the cast's
@@ -306,6 +319,7 @@ class IndexWriter:
             if fresh:
                 self.db.executescript(_SCHEMA)
             self.db.executescript(_BUILD_SCHEMA)
+            self.db.executescript(FRAMES_SCHEMA)  # also into a resumed build of older code
         except BaseException:
             self.abort()
             raise
@@ -366,6 +380,7 @@ class IndexWriter:
         db.execute("DELETE FROM track_faces WHERE crop_id >= ?", (checkpoint.crops,))
         db.execute("DELETE FROM crops WHERE id >= ?", (checkpoint.crops,))
         db.execute("DELETE FROM shots WHERE id > ?", (checkpoint.done_shot,))
+        db.execute("DELETE FROM frame_descriptors WHERE shot_id > ?", (checkpoint.done_shot,))
         db.commit()
         for name, file in self._files.items():
             file.truncate(checkpoint.vectors.get(name, 0))
@@ -455,6 +470,13 @@ class IndexWriter:
             db.executemany("INSERT INTO cast_tracks VALUES (?,?)", [(t, number) for t in identity.tracks])
         db.commit()
         return len(identities)
+
+    def add_frames(self, frames: Sequence[tuple[int, int, float]], kind: str, vectors: np.ndarray) -> None:
+        """Whole-frame descriptors: (shot id, frame index, time) per row of `vectors`."""
+        self._conn().executemany(
+            "INSERT INTO frame_descriptors (shot_id, frame_index, frame_s, kind, vec) VALUES (?,?,?,?,?)",
+            [(sid, fi, fs, kind, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+             for (sid, fi, fs), v in zip(frames, vectors)])
 
     def calibrate(self, fit: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], T]) -> dict[str, T]:
         """Per channel, `fit(vectors, frames, boxes, shots)` over everything added so far."""
