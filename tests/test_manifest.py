@@ -122,13 +122,16 @@ def _build_like_the_fixture(root: Path) -> Path:
 
 def test_a_new_build_writes_the_manifest_the_old_code_wrote(tmp_path: Path) -> None:
     """Same build, same JSON: keys in the same order and the same values, except what differs from
-    one build to the next (id, time, timings) or with the machine (library versions)."""
+    one build to the next (id, time, timings) or with the machine (library versions), and the
+    timings of stages added since the fixture was written (`describe`: the frame descriptors
+    that `castfinder identify` matches)."""
     path = _build_like_the_fixture(tmp_path)
     new = json.loads((path / MANIFEST).read_text(encoding="utf-8").replace(str(tmp_path), LEGACY_ROOT))
     old = json.loads(LEGACY_MANIFEST.read_text(encoding="utf-8"))
     assert len(new["build_id"]) == 32 and new["build_id"] != old["build_id"]
     assert new["built_at"].endswith("+00:00") and new["elapsed_s"] > 0
     assert list(new["versions"]) == list(old["versions"])
+    assert new["seconds"].pop("describe") >= 0  # a stage of its own, timed like the others
     for manifest in (new, old):
         manifest["build_id"] = manifest["built_at"] = manifest["elapsed_s"] = manifest["versions"] = None
         manifest["seconds"] = dict.fromkeys(manifest["seconds"])
