@@ -16,7 +16,6 @@ its frames should be "not in the catalogue".
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import sys
@@ -29,7 +28,11 @@ import av
 import numpy as np
 from PIL import Image
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.media import recompressed  # noqa: E402  (the tests' own JPEG round-trip)
+
+DATA = REPO.parent / "shared" / "data"
 CLIPS = {  # movie name → (source to index, how to draw test frames)
     "Titanic": DATA / "titanic" / "titanic_20s.mp4",
     "GoldenEye": DATA / "goldeneye" / "frames",
@@ -68,12 +71,6 @@ def probes(count: int, seed: int) -> list[Probe]:
     return out
 
 
-def jpeg(image: Image.Image, quality: int) -> Image.Image:
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=quality)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
 def bordered(image: Image.Image) -> Image.Image:
     """Letterboxed into a 16:9 player with black bars, inside a dark grey window frame."""
     w, h = image.size
@@ -85,10 +82,11 @@ def bordered(image: Image.Image) -> Image.Image:
 
 
 VARIANTS = {
-    "full frame (JPEG q90)": lambda im: jpeg(im, 90),
-    "JPEG q40": lambda im: jpeg(im, 40),
-    "resized to 50%": lambda im: jpeg(im.resize((im.width // 2, im.height // 2), Image.Resampling.BILINEAR), 80),
-    "black borders added": lambda im: jpeg(bordered(im), 80),
+    "full frame (JPEG q90)": lambda im: recompressed(im, 90),
+    "JPEG q40": lambda im: recompressed(im, 40),
+    "resized to 50%": lambda im: recompressed(im.resize((im.width // 2, im.height // 2),
+                                                        Image.Resampling.BILINEAR), 80),
+    "black borders added": lambda im: recompressed(bordered(im), 80),
 }
 
 
@@ -162,7 +160,7 @@ def left_out(engine, index_dir: Path, probes_: list[Probe]) -> dict:  # type: ig
             other._models = engine._models  # the same loaded models
             try:
                 for probe in (p for p in probes_ if p.movie == movie):
-                    response = other.identify(jpeg(probe.image, 90))
+                    response = other.identify(recompressed(probe.image, 90))
                     total += 1
                     rejected += response.movie is None
                     if response.movie is not None:
@@ -181,7 +179,7 @@ def example(engine, path: Path) -> None:  # type: ignore[no-untyped-def]
 
     with av.open(str(CLIPS["The Office"])) as container:
         frame = next(f for f in container.decode(video=0) if f.time is not None and f.time >= 9.0).to_image()
-    query = jpeg(bordered(frame), 40)
+    query = recompressed(bordered(frame), 40)
     response = engine.identify(query, top=1)
     best = response.shots[0]
     thumb = Image.open(best.thumbnail).convert("RGB")
@@ -222,7 +220,7 @@ def main() -> int:
         results[name] = score(engine, [(p, make(p.image)) for p in sample])
         print(f"{name}: {results[name]['top1']:.3f} top-1, {results[name]['shot_top3']} shot in top 3 "
               f"(n={results[name]['n']})", file=sys.stderr)
-    crops = [(p, c) for p in sample if (c := person_crop(engine, jpeg(p.image, 90))) is not None]
+    crops = [(p, c) for p in sample if (c := person_crop(engine, recompressed(p.image, 90))) is not None]
     results["person crop with a face"] = score(engine, crops)
     results["person crops of the shared queries"] = score(engine, [
         (Probe("GoldenEye", Image.open(q).convert("RGB"), None, None), Image.open(q).convert("RGB"))

@@ -218,10 +218,6 @@ def people_keyboard(pick_id: str, count: int) -> InlineKeyboardMarkup:
     return builder.as_markup()
 
 
-def more_keyboard(page_id: str, offset: int, remaining: int) -> InlineKeyboardMarkup:
-    builder = InlineKeyboardBuilder()
-    builder.button(text=texts.more_button(remaining), callback_data=MoreResults(page=page_id, offset=offset))
-    return builder.as_markup()
 
 
 CLIP_BUTTONS_PER_ROW = 5

@@ -43,7 +43,7 @@ from .search.images import ImageLike, QueryImage, Selection, crop, load_image
 from .search.ranking import aggregate
 from .search.timeline import draw_timeline
 from .settings import Settings, load_settings
-from .store import IndexCatalog, IndexDamage, MovieIndex, damaged_movie, read_manifest, tidy_index_dir
+from .store import IndexCatalog, IndexDamage, Listing, MovieIndex, damaged_movie, read_manifest, tidy_index_dir
 from .types import (
     CastMember,
     DamagedMovie,
@@ -125,24 +125,29 @@ class Engine:
                                                                                  self.device))
 
     # -- movies ---------------------------------------------------------------------------
+    def listing(self) -> Listing:
+        """One look at the index folder: the movies that can be searched and the damaged indexes."""
+        return self._catalog.scan()
+
     def movies(self) -> list[MovieInfo]:
         """The indexed movies that can be searched (damaged indexes: `damaged_movies`)."""
-        return self._catalog.scan().movies
+        return self.listing().movies
 
     def damaged_movies(self) -> list[DamagedMovie]:
         """Indexes whose manifest or files fail their checks: each with the reason and the
         command that rebuilds it. Never searched; they hide none of the others."""
-        return self._catalog.scan().damaged
+        return self.listing().damaged
 
     def resolve_movie(self, query: str) -> MovieInfo:
         """By name, slug, or an unambiguous prefix of either, case-insensitively. A damaged index
         is matched like a movie and raises `DamagedIndexError` (which says how to rebuild it)."""
-        movies = self.movies()
+        listing = self.listing()  # one scan for the movies and the damaged alike
+        movies = listing.movies
         q = " ".join(query.split()).casefold()
         if not q:
             raise MovieNotFoundError(query, [m.name for m in movies[:5]])
         qslug = slugify(query)
-        every: list[MovieInfo | DamagedMovie] = [*movies, *self.damaged_movies()]
+        every: list[MovieInfo | DamagedMovie] = [*movies, *listing.damaged]
         exact = [m for m in every if m.name.casefold() == q or m.slug == q or m.slug == qslug]
         prefix = [m for m in every if m.name.casefold().startswith(q) or m.slug.startswith(qslug)]
         found = exact if len(exact) == 1 else prefix

@@ -19,6 +19,7 @@ from PIL import Image
 from bot.app import App, api_server, create_app, create_bot
 from bot.settings import BotSettings
 from core import Engine, MovieInfo, Settings
+from core.store import Listing
 from tests.fake_telegram import FakeTelegramServer, group_chat, message_update, private_chat, user
 
 USER_ID = 1001
@@ -154,8 +155,8 @@ class CatalogEngine(Engine):
         super().__init__(Settings(_env_file=None, index_dir=tmp_path / "no-indexes", device="cpu"), load_models=False)
         self._movies = movies
 
-    def movies(self) -> list[MovieInfo]:
-        return list(self._movies)
+    def listing(self) -> Listing:
+        return Listing(list(self._movies), [])
 
 
 class GatedEngine:

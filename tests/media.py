@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 
 def make_video(path: Path, segments: list[tuple[tuple[int, int, int], int]], *, fps: float = 24.0,
@@ -37,3 +39,10 @@ def make_frames_folder(folder: Path, movie: str, shots: dict[tuple[int, int], in
             img = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
             cv2.imwrite(str(folder / f"{movie}-{scene}-shot_{shot}-frame_{j}.jpg"), img)
     return folder
+
+
+def recompressed(image: Image.Image, quality: int) -> Image.Image:
+    """`image` as a JPEG of `quality` would show it: what a user's screenshot went through."""
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(out.getvalue())).convert("RGB")

@@ -12,6 +12,7 @@ from aiogram.methods import SendMessage
 from bot import texts
 from bot.errors import Explanation, QueryRefused, explain
 from core import BadInputError, CastfinderError, IndexCorruptError, MovieInfo, MovieNotFoundError
+from core.store import Listing
 from tests.bot_support import USER_ID, CatalogEngine, bot_harness, jpeg, movie_info
 
 INTERNAL = "Something went wrong on my side (it has been logged). Please try again."
@@ -46,7 +47,7 @@ class FailingCatalogEngine(CatalogEngine):
         super().__init__(movies, tmp_path)
         self.error = error
 
-    def movies(self) -> list[MovieInfo]:
+    def listing(self) -> Listing:
         raise self.error
 
 

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from castfinder.cli import main
+from tests.media import recompressed
 
 FPS = 12.0
 SHOT_FRAMES = 24  # 2 s a shot
@@ -51,12 +52,6 @@ def frame_at(video: Path, seconds: float) -> Image.Image:
     raise AssertionError(f"no frame at {seconds} s")
 
 
-def jpeg(image: Image.Image, quality: int) -> Image.Image:
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=quality)
-    return Image.open(io.BytesIO(out.getvalue())).convert("RGB")
-
-
 def letterboxed(image: Image.Image) -> Image.Image:
     """Black bars above and below, and dark grey ones at the sides, as a player's window shows it."""
     w, h = image.size
@@ -69,9 +64,9 @@ def letterboxed(image: Image.Image) -> Image.Image:
 
 VARIANTS = {
     "full": lambda im: im,
-    "jpeg q40": lambda im: jpeg(im, 40),
-    "resized 50%": lambda im: jpeg(im.resize((im.width // 2, im.height // 2), Image.Resampling.BILINEAR), 75),
-    "letterboxed": lambda im: jpeg(letterboxed(im), 75),
+    "jpeg q40": lambda im: recompressed(im, 40),
+    "resized 50%": lambda im: recompressed(im.resize((im.width // 2, im.height // 2), Image.Resampling.BILINEAR), 75),
+    "letterboxed": lambda im: recompressed(letterboxed(im), 75),
 }
 
 
@@ -184,7 +179,7 @@ def test_cli_identify_json_schema(cli_env: Path, tmp_path: Path, capsys) -> None
     assert "No movie is indexed yet" in capsys.readouterr().err
     video = make_movie(tmp_path / "heat.mp4", seed=4)
     assert main(["index", str(video), "--movie", "Heat (1995)", "--quiet"]) == 0
-    jpeg(frame_at(video, 2.5), 60).save(screenshot)
+    recompressed(frame_at(video, 2.5), 60).save(screenshot)
     capsys.readouterr()
     assert main(["identify", str(screenshot), "--json", "--top", "2"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -212,7 +207,7 @@ async def test_bot_identifies_a_screenshot_when_no_movie_is_set_and_searches_the
 
     engine, alpha, beta = two_movies
     screenshot = io.BytesIO()
-    jpeg(frame_at(beta, 4.6), 70).save(screenshot, "JPEG")
+    recompressed(frame_at(beta, 4.6), 70).save(screenshot, "JPEG")
     async with bot_harness(engine, engine.settings.index_dir.parent) as h:
         upd = h.photo(screenshot.getvalue())
         await h.feed(upd)
