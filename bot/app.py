@@ -261,6 +261,22 @@ def build_engine(engine_settings: "Settings | None" = None) -> EngineLike:
     return engine
 
 
+def load_engine(spec: str) -> EngineLike:
+    """The engine `module:function` (CASTFINDER_BOT_ENGINE) returns."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    log.info("engine from %s", spec)
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        from core import CastfinderError
+
+        raise CastfinderError(f"CASTFINDER_BOT_ENGINE={spec}: {exc}") from None
+    engine: EngineLike = factory()
+    return engine
+
+
 async def serve(settings: BotSettings, engine: EngineLike, *, handle_signals: bool = True) -> None:
     app = await create_app(settings, engine)
     await app.serve(handle_signals=handle_signals)
@@ -301,7 +317,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     from core import CastfinderError
 
     try:
-        engine = build_engine()
+        engine = load_engine(settings.bot_engine) if settings.bot_engine else build_engine()
     except CastfinderError as exc:
         log.error("the engine could not start: %s", exc)
         return 1

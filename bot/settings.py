@@ -84,6 +84,9 @@ class BotSettings(BaseSettings):
     # Redis shared by the bot's processes (rate limits, busy users, albums): redis://host:6379/0.
     # Unset: all of that lives in this process (one process per bot).
     redis_url: SecretStr | None = None
+    # `module:function` returning the engine the bot uses instead of loading castfinder's own
+    # (another engine front, or the tests' stand-in). Unset: the engine, models loaded in-process.
+    bot_engine: str | None = None
 
     @field_validator("bot_token", mode="before")
     @classmethod
@@ -116,11 +119,18 @@ class BotSettings(BaseSettings):
                 ) from None
         return value
 
-    @field_validator("webhook_url", "webhook_secret", "redis_url", mode="before")
+    @field_validator("webhook_url", "webhook_secret", "redis_url", "bot_engine", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         if isinstance(value, str):
             return value.strip() or None
+        return value
+
+    @field_validator("bot_engine")
+    @classmethod
+    def _module_function(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:\w+", value):
+            raise ValueError(f"expected module:function, e.g. mypackage.engines:make, not {value!r}")
         return value
 
     @field_validator("webhook_listen")
