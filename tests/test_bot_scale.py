@@ -10,7 +10,10 @@ on a small box and prove nothing about the processes. Skips when redis-server is
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import shutil
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from tests.bot_support import jpeg
 from tests.fake_telegram import Call, FakeTelegramServer, callback_update, message_update, private_chat, user
 from tests.webhook_support import SECRET, BotProcess, RedisServer, RoundRobinProxy, start_bot, wait_exit
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
+requires_redis = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="needs redis-server (Debian package redis-server; .ci/run installs it)")
 
 QUERY_RATE = 3  # CASTFINDER_USER_RATE of the processes: queries per minute per user
@@ -123,6 +126,7 @@ async def refuse_bad_requests(cluster: Cluster) -> None:
     await cluster.srv.wait_until(lambda calls: any(c.params.get("chat_id") == 7061 for c in calls))
 
 
+@requires_redis
 async def test_two_webhook_processes_answer_every_query_once(cluster: Cluster) -> None:
     srv, proxy = cluster.srv, cluster.proxy
     for call in srv.calls_of("setWebhook"):
@@ -201,3 +205,131 @@ async def test_two_webhook_processes_answer_every_query_once(cluster: Cluster) -
     logs = "".join(b.output() for b in cluster.bots)
     assert "refused (403)" in logs and "refused (400)" in logs and "Traceback" not in logs
     assert SECRET not in logs and srv.token not in logs
+
+
+# -- one process, in this one: the webhook server's own refusals and Redis at its edges ----------
+async def test_webhook_mode_in_process_sets_the_webhook_and_deletes_it_when_told(tmp_path: Path) -> None:
+    from tests.bot_support import StubEngine, bot_harness
+    from tests.webhook_support import free_port
+
+    port = free_port()
+    async with bot_harness(StubEngine(tmp_path), tmp_path, webhook_url="http://127.0.0.1/hook",
+                           webhook_listen=f"127.0.0.1:{port}", webhook_delete_on_stop=True) as h:
+        serving = asyncio.create_task(h.app.serve(handle_signals=False))
+        try:
+            [call] = await h.srv.wait_for("setWebhook")
+            derived = call.params["secret_token"]  # none configured: derived from the token, not the token
+            assert derived == h.app.settings.webhook_secret_token() and h.srv.token not in derived
+            url, update = f"http://127.0.0.1:{port}/hook", h.srv.webhook_update(h.text("/help"))
+            async with ClientSession() as http:
+                async with http.post(url, json=update) as response:
+                    assert response.status == 403
+                async with http.post(url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": derived}) as ok:
+                    assert ok.status == 200
+            await h.srv.wait_for("sendMessage")
+        finally:
+            await h.app.stop()
+            await serving
+        assert len(h.srv.calls_of("sendMessage")) == 1 and h.srv.webhook_url == ""  # deleteWebhook at stop
+
+
+async def test_a_listen_address_in_use_is_one_line(tmp_path: Path) -> None:
+    from bot.webhook import ListenError, start_server
+    from tests.bot_support import StubEngine, bot_harness
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with bot_harness(StubEngine(tmp_path), tmp_path) as h:
+            with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port} .*--listen"):
+                await start_server(h.app.dispatcher, h.app.bot, host="127.0.0.1", port=port, path="/",
+                                   secret_token="s")
+
+
+async def test_redis_down_at_start_names_the_setting_and_hides_the_password(tmp_path: Path) -> None:
+    from bot.app import create_app
+    from bot.services.shared_state import SharedStateError
+    from tests.bot_support import StubEngine, bot_settings
+    from tests.webhook_support import free_port
+
+    async with FakeTelegramServer() as srv:
+        url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+        settings = bot_settings(srv, tmp_path, redis_url=url)
+        with pytest.raises(SharedStateError) as caught:
+            await create_app(settings, StubEngine(tmp_path))
+    message = str(caught.value)
+    assert "CASTFINDER_REDIS_URL=redis://:***@127.0.0.1" in message and "hunter2" not in message
+    assert "\n" not in message
+
+
+@requires_redis
+async def test_limits_places_and_albums_are_shared_and_survive_redis_going_away(
+        tmp_path: Path, redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    from aiogram.types import Message
+
+    from bot.middlewares.albums import AlbumCollector
+    from bot.services.limits import UserBusy
+    from bot.services.shared_state import RedisAlbumCollector, RedisRateLimiter, RedisUserPlaces, connect
+
+    one, two = await connect(redis.url), await connect(redis.url)  # two processes' clients
+    limits = [RedisRateLimiter(c, "t:q:", 2) for c in (one, two)]
+    assert [await limits[0].take(5), await limits[1].take(5)] == [0.0, 0.0]
+    assert 59 < await limits[1].take(5) <= 60
+    assert await limits[0].warn_once(5, 60) and not await limits[1].warn_once(5, 60)
+
+    places = [RedisUserPlaces(c, "t:", 1) for c in (one, two)]
+    async with places[0].hold(5):
+        with pytest.raises(UserBusy) as first:
+            async with places[1].hold(5):
+                pass
+        with pytest.raises(UserBusy) as again:
+            async with places[1].hold(5):
+                pass
+        assert (first.value.repeated, again.value.repeated) == (False, True)
+    async with places[1].hold(5):  # released: the other process may now
+        pass
+
+    def part(message_id: int) -> Message:
+        return Message.model_validate({"message_id": message_id, "date": 0, "media_group_id": "g",
+                                       "chat": {"id": 5, "type": "private"}, "photo": [
+                                           {"file_id": f"f{message_id}", "file_unique_id": f"u{message_id}",
+                                            "width": 9, "height": 9}]})
+
+    albums = [RedisAlbumCollector(c, "t:", 1.5, local=AlbumCollector(0.05)) for c in (one, two)]
+    # Parts at both processes: one of them answers, with every part; the others stop there.
+    results = await asyncio.gather(albums[0].collect(part(11)), albums[1].collect(part(12)),
+                                   albums[0].collect(part(13)))
+    [collected] = [r for r in results if r is not None]
+    assert [m.message_id for m in collected[0]] == [11, 12, 13]
+
+    redis.stop()  # Redis gone while running: each process counts on its own, with a warning
+    with caplog.at_level(logging.WARNING):
+        assert await limits[0].take(6) == 0.0
+        async with places[0].hold(6):
+            pass
+        alone = await albums[0].collect(part(14))  # collected by this process alone
+        assert alone is not None and [m.message_id for m in alone[0]] == [14]
+    assert "Redis failed" in caplog.text
+    await one.aclose()
+    await two.aclose()
+
+
+@pytest.mark.parametrize(("given", "refusal"), [
+    ({"webhook_url": "http://bot.example.org/tg"}, "must start with https://"),
+    ({"webhook_url": "bot.example.org/tg"}, "expected a full URL"),
+    ({"webhook_url": "https://bot.example.org/tg", "webhook_listen": "8080"}, "expected host:port"),
+    ({"webhook_url": "https://bot.example.org/tg", "webhook_listen": "127.0.0.1:99999"}, "expected host:port"),
+    ({"webhook_url": "https://bot.example.org/tg", "webhook_secret": "has spaces"}, "A-Z, a-z, 0-9"),
+])
+def test_webhook_settings_that_telegram_would_refuse_are_named(given: dict[str, str], refusal: str) -> None:
+    from bot.settings import BotSettings
+    from core.errors import SettingsError
+    from core.settings import load_settings
+
+    with pytest.raises(SettingsError, match=refusal):
+        load_settings(BotSettings, _env_file=None, bot_token="1:x", **given)
+    # A local Bot API server posts to http:// too.
+    local = load_settings(BotSettings, _env_file=None, bot_token="1:x", webhook_url="http://10.0.0.2:8443/tg",
+                          telegram_api_base="http://127.0.0.1:8081")
+    assert local.webhook_path == "/tg"
