@@ -11,6 +11,8 @@ Two kinds of updates, each measured from the first post to the last answer seen 
 - `help`: /help from many users (webhook + dispatch + one sendMessage);
 - `query`: a screenshot captioned with the movie (download, decode, search, album + list, SQLite).
 The proxy, the fake API and the load generator run in this process, on the same cores as the bots.
+Status messages keep the default CASTFINDER_STATUS_INTERVAL_S (2 s): with 0, every waiting
+query's "you are #N in line" is edited on every release, which is what a long queue then costs.
 
     .venv/bin/python benchmarks/bench_webhook.py [--updates 300] [--concurrency 16]
 """
@@ -59,7 +61,7 @@ async def measure(processes: int, kind: str, updates: int, concurrency: int, wor
                 "CASTFINDER_BOT_ENGINE": "tests.bot_support:stub_engine",
                 "CASTFINDER_INDEX_DIR": str(work / "thumbs"), "CASTFINDER_USER_RATE": "600",
                 "CASTFINDER_USER_MESSAGE_RATE": "600", "CASTFINDER_USER_MAX_ACTIVE": "100",
-                "CASTFINDER_QUEUE_SIZE": "1000", "CASTFINDER_STATUS_INTERVAL_S": "0", "CASTFINDER_LOG_LEVEL": "WARNING",
+                "CASTFINDER_QUEUE_SIZE": "1000", "CASTFINDER_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
             }
             bots = [start_bot(work, f"bench-{processes}-{kind}-{i}", proxy.url, settings) for i in range(processes)]
             proxy.backends = [b.url for b in bots]

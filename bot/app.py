@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 from urllib.parse import urlsplit
 
@@ -75,7 +75,7 @@ class App:
     albums: Albums
     shared: Redis | None = None
     closed: bool = False
-    _stop_webhook: asyncio.Event | None = None
+    _stop_webhook: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def close(self) -> None:
         if self.closed:
@@ -108,7 +108,7 @@ class App:
     async def _serve_webhook(self, handle_signals: bool) -> None:
         settings, dp, bot = self.settings, self.dispatcher, self.bot
         assert settings.webhook_url is not None
-        stop = self._stop_webhook = asyncio.Event()
+        stop = self._stop_webhook
         host, port = listen_address(settings.webhook_listen)
         runner, handler = await start_server(dp, bot, host=host, port=port, path=settings.webhook_path,
                                              secret_token=settings.webhook_secret_token())
@@ -135,12 +135,13 @@ class App:
                     await bot.delete_webhook()
                 except TelegramAPIError as exc:
                     log.warning("could not delete the webhook: %s", exc)
-            if handler.in_flight:
-                log.info("%d updates still being handled", handler.in_flight)
+            if handler.in_flight:  # what was accepted is answered (queries: until the grace period)
+                log.info("finishing the %d updates still being handled", handler.in_flight)
+                await handler.finish(settings.shutdown_grace_s)
             await dp.emit_shutdown(bot=bot, **dp.workflow_data)
 
     async def stop(self) -> None:
-        if self._stop_webhook is not None:
+        if self.settings.webhook_url:
             self._stop_webhook.set()
         else:
             await self.dispatcher.stop_polling()

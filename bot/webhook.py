@@ -62,6 +62,11 @@ class WebhookHandler(SimpleRequestHandler):
     async def close(self) -> None:
         """The App owns the bot's HTTP session and closes it after the last query; not here."""
 
+    async def finish(self, timeout: float) -> None:
+        """Wait up to `timeout` for the updates being handled."""
+        if self._background_feed_update_tasks and timeout > 0:
+            await asyncio.wait(set(self._background_feed_update_tasks), timeout=timeout)
+
     @property
     def in_flight(self) -> int:
         return len(self._background_feed_update_tasks)
