@@ -45,22 +45,24 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(workdir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
         self._wait_ready(timeout=30)
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline, seen = time.monotonic() + timeout, []
+        # Unbuffered reads of the pipe: a buffered reader could hold the line while select() waits.
+        deadline, seen = time.monotonic() + timeout, b""
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
-            line = self.proc.stdout.readline() if ready else ""
-            seen.append(line)
-            if "Ready to accept connections" in line:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(fd, 65536) if ready else b""
+            seen += chunk
+            if b"Ready to accept connections" in seen:
                 return
-            if not line and self.proc.poll() is not None:
+            if not chunk and self.proc.poll() is not None:
                 break
         self.stop()
-        raise RuntimeError("redis-server did not start:\n" + "".join(seen[-20:]))
+        raise RuntimeError("redis-server did not start:\n" + seen[-3000:].decode(errors="replace"))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
