@@ -42,7 +42,9 @@ from .services.queries import QueryService
 from .services.shared_state import (
     RedisAlbumCollector,
     RedisRateLimiter,
+    RedisSeenUpdates,
     RedisUserPlaces,
+    SeenUpdates,
     SharedStateError,
     connect,
 )
@@ -74,6 +76,7 @@ class App:
     queries: QueryService
     albums: Albums
     shared: Redis | None = None
+    prefix: str = "castfinder:"  # of this bot's keys in the shared Redis
     closed: bool = False
     _stop_webhook: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -110,8 +113,9 @@ class App:
         assert settings.webhook_url is not None
         stop = self._stop_webhook
         host, port = listen_address(settings.webhook_listen)
+        seen = SeenUpdates() if self.shared is None else RedisSeenUpdates(self.shared, self.prefix)
         runner, handler = await start_server(dp, bot, host=host, port=port, path=settings.webhook_path,
-                                             secret_token=settings.webhook_secret_token())
+                                             secret_token=settings.webhook_secret_token(), seen=seen)
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -219,7 +223,7 @@ async def create_app(
     dp.message.middleware(throttling)
     dp.callback_query.middleware(throttling)
     dp.include_routers(*create_routers())
-    app = App(settings, bot, dp, gateway, storage, queries, albums, shared)
+    app = App(settings, bot, dp, gateway, storage, queries, albums, shared, prefix)
 
     async def on_startup(bot: Bot) -> None:
         await _set_commands(bot)

@@ -5,7 +5,9 @@ polling for them.
 A request without the secret header (X-Telegram-Bot-Api-Secret-Token) is refused with 403 and
 nothing is processed; a body that is not a JSON update is refused with 400 (Telegram would resend
 a 5xx forever). A good update is answered 200 at once and handled in the background, like aiogram's
-`SimpleRequestHandler`, so a slow search never holds Telegram's connection.
+`SimpleRequestHandler`, so a slow search never holds Telegram's connection; one delivered again
+(Telegram resends what it got no 200 for in time) is answered 200 and not handled twice, whichever
+process it reaches when Redis is shared.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import json
 import logging
 import secrets
-from typing import Any
+from typing import Any, Protocol
 
 from aiogram import Bot, Dispatcher
 from aiogram.types import Update
@@ -33,10 +35,17 @@ class ListenError(Exception):
     """The webhook server cannot listen where it was told; the message is the user's one line."""
 
 
+class Seen(Protocol):
+    """Whether an update id is new (services.shared_state.SeenUpdates, or RedisSeenUpdates)."""
+
+    async def first(self, update_id: int) -> bool: ...
+
+
 class WebhookHandler(SimpleRequestHandler):
-    def __init__(self, dispatcher: Dispatcher, bot: Bot, *, secret_token: str, **data: Any) -> None:
+    def __init__(self, dispatcher: Dispatcher, bot: Bot, *, secret_token: str, seen: Seen, **data: Any) -> None:
         super().__init__(dispatcher, bot, handle_in_background=True, secret_token=secret_token, **data)
         self.refused = 0
+        self.seen = seen
 
     async def handle(self, request: web.Request) -> web.Response:
         given = request.headers.get(SECRET_HEADER, "")
@@ -48,12 +57,15 @@ class WebhookHandler(SimpleRequestHandler):
             body = await request.json(loads=json.loads)
             if not isinstance(body, dict):
                 raise ValueError("not a JSON object")
-            Update.model_validate(body, context={"bot": self.bot})
+            update = Update.model_validate(body, context={"bot": self.bot})
         except (ValueError, ValidationError) as exc:
             self.refused += 1
             log.warning("webhook request from %s is not a Telegram update: refused (400): %s",
                         request.remote, str(exc).splitlines()[0][:200])
             return web.Response(status=400, text="Bad Request: not a Telegram update")
+        if not await self.seen.first(update.update_id):
+            log.info("update %d delivered again: already taken, not handled twice", update.update_id)
+            return web.json_response({})
         task = asyncio.create_task(self._background_feed_update(bot=self.bot, update=body))
         self._background_feed_update_tasks.add(task)
         task.add_done_callback(self._background_feed_update_tasks.discard)
@@ -73,10 +85,10 @@ class WebhookHandler(SimpleRequestHandler):
 
 
 async def start_server(dispatcher: Dispatcher, bot: Bot, *, host: str, port: int, path: str,
-                       secret_token: str) -> tuple[web.AppRunner, WebhookHandler]:
+                       secret_token: str, seen: Seen) -> tuple[web.AppRunner, WebhookHandler]:
     """Listen on host:port for updates posted to `path`; ListenError when that cannot be."""
     app = web.Application(client_max_size=MAX_BODY)
-    handler = WebhookHandler(dispatcher, bot, secret_token=secret_token)
+    handler = WebhookHandler(dispatcher, bot, secret_token=secret_token, seen=seen)
     handler.register(app, path=path)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -95,6 +95,41 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     return RedisError, OSError
 
 
+class SeenUpdates:
+    """Update ids this process has taken (the latest `keep`): Telegram delivers an update again
+    when it got no 200 in time, and it must not be answered twice."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.keep = keep
+        self._seen: dict[int, None] = {}
+
+    async def first(self, update_id: int) -> bool:
+        if update_id in self._seen:
+            return False
+        self._seen[update_id] = None
+        if len(self._seen) > self.keep:
+            del self._seen[next(iter(self._seen))]
+        return True
+
+
+class RedisSeenUpdates:
+    """`SeenUpdates` across processes: a redelivered update may reach another process."""
+
+    def __init__(self, client: Redis, prefix: str, *, keep_s: int = 86_400) -> None:
+        self._client = client
+        self._prefix = prefix
+        self.keep_s = keep_s
+        self.local = SeenUpdates()
+        self._failed = _Fallback("repeated updates")
+
+    async def first(self, update_id: int) -> bool:
+        try:
+            return bool(await self._client.set(f"{self._prefix}update:{update_id}", 1, nx=True, ex=self.keep_s))
+        except _redis_errors() as exc:
+            self._failed(exc)
+            return await self.local.first(update_id)
+
+
 _HIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
