@@ -278,7 +278,7 @@ CROPS = [("titanic/portrait_jack.jpg", "Titanic"), ("titanic/body_rose.jpg", "Ti
 def test_a_person_crop_identifies_its_movie_by_the_people_in_it(real_catalogue, picture: str, movie: str) -> None:
     from tests.conftest import DATA
 
-    response = real_catalogue.identify(Image.open(DATA / picture))  # type: ignore[attr-defined]
+    response = real_catalogue.identify(Image.open(DATA / picture))
     assert response.movie == movie, response
     assert response.confidence >= 0.5
     assert response.people >= 1 and "people" in response.shots[0].evidence
@@ -292,7 +292,7 @@ async def test_bot_identifies_the_movie_of_a_person_crop_and_searches_the_charac
 
     engine = real_catalogue
     crop = (DATA / "goldeneye" / "queries" / "natalya_1.jpg").read_bytes()
-    async with bot_harness(engine, engine.settings.index_dir.parent) as h:  # type: ignore[attr-defined]
+    async with bot_harness(engine, engine.settings.index_dir.parent) as h:
         await h.feed(h.photo(crop))
         [answer] = h.srv.calls_of("sendPhoto")
         caption = answer.result["caption"]
