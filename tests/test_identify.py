@@ -267,8 +267,8 @@ def real_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
 
 
 # Person crops with a face (the shared query pictures: not frames of the clips, not what was indexed).
-# (With only these two films Titanic's three shots calibrate weakly: its crops land at 0.56-0.67; a
-# crop of two people, body_jack.jpg, and a face with no body, face_rose.jpg, stay under 0.5.)
+# (With only these two films Titanic's three shots calibrate weakly: its crops land at 0.56-0.67;
+# Jack seen from behind, body_jack.jpg, and a face with no body, face_rose.jpg, stay under 0.5.)
 CROPS = [("titanic/portrait_jack.jpg", "Titanic"), ("titanic/body_rose.jpg", "Titanic"),
          ("goldeneye/queries/natalya_1.jpg", "GoldenEye"), ("goldeneye/queries/boris_2.jpg", "GoldenEye")]
 
