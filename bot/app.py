@@ -230,7 +230,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         log.error("Telegram refused the bot: %s (is BOT_TOKEN right?)", exc)
         return 1
     except (DatabaseUnavailable, SchemaTooNewError) as exc:
-        log.error("the bot database cannot be used: %s", exc)
+        log.error("%s", exc)  # one line: which setting, what failed (password masked)
         return 1
     log.info("bot stopped")
     return 0

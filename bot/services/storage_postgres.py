@@ -118,9 +118,10 @@ def dialect(sql: str) -> str:
 def _lost() -> tuple[type[BaseException], ...]:
     """The errors that mean the server is unreachable, gone or restarting (not a bad query)."""
     assert asyncpg is not None
+    # InternalClientError: a query on a connection whose server went away mid-protocol.
     return (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-            asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InvalidAuthorizationSpecificationError,
-            asyncpg.exceptions.InvalidCatalogNameError)
+            asyncpg.exceptions.InternalClientError, asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.exceptions.InvalidAuthorizationSpecificationError, asyncpg.exceptions.InvalidCatalogNameError)
 
 
 class PostgresBackend:
@@ -141,18 +142,23 @@ class PostgresBackend:
             )
         where = mask_url(url)
         refused: tuple[type[BaseException], ...] = (*_lost(), ValueError)  # ValueError: a malformed URL
+        # No floor of idle connections: asyncpg would re-dial a lost floor in the background and
+        # log a traceback per try during an outage; connections open on demand instead.
+        pool = None
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_MAX, timeout=CONNECT_TIMEOUT_S,
+            pool = await asyncpg.create_pool(url, min_size=0, max_size=POOL_MAX, timeout=CONNECT_TIMEOUT_S,
                                              command_timeout=COMMAND_TIMEOUT_S)
+            async with pool.acquire() as conn:
+                await migrate(conn)
         except refused as exc:
+            if pool is not None:
+                pool.terminate()
             raise DatabaseUnavailable(
                 f"the database at CASTFINDER_DATABASE_URL={where} cannot be used: {_why(exc, url)}"
             ) from None
-        try:
-            async with pool.acquire() as conn:
-                await migrate(conn)
         except BaseException:
-            await pool.close()
+            if pool is not None:
+                await pool.close()
             raise
         log.info("bot database: PostgreSQL at %s", where)
         return cls(pool, url)
@@ -200,6 +206,9 @@ class PostgresBackend:
 
 
 def _why(exc: BaseException, url: str) -> str:
+    assert asyncpg is not None
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return "the connection was lost"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return scrub(text, url)
 
