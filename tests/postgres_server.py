@@ -56,8 +56,9 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, durable: bool = False) -> None:
         self.bindir = bindir
+        self.durable = durable  # fsync on, as a real server runs (benchmarks); off for the tests
         self.root = Path(tempfile.mkdtemp(prefix="castfinder-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
@@ -93,9 +94,9 @@ class PostgresServer:
         self.start()
 
     def start(self) -> None:
-        # Durability off: a test cluster is thrown away, and fsync would dominate its time.
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='' -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off")
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories=''"
+        if not self.durable:  # a test cluster is thrown away, and fsync would dominate its time
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
 
     def stop(self) -> None:
