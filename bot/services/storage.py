@@ -8,7 +8,6 @@ tracked in `schema_version`.
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,6 @@ __all__ = [
     "database_target", "mask_url", "migrate", "schema_version",
 ]
 
-log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ChatSettings:
