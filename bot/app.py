@@ -36,7 +36,8 @@ from .middlewares.timing import ReceivedAtMiddleware
 from .services.engine_gateway import EngineGateway, EngineLike
 from .services.limits import QueryQueue, RateLimiter
 from .services.queries import QueryService
-from .services.storage import Storage
+from .services.storage import DatabaseUnavailable, DatabaseUrlError, SchemaTooNewError, Storage
+from .services.storage_backend import url_password
 from .settings import BotSettings
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ async def create_app(
     album_timer: Timer | None = None,
 ) -> App:
     """The bot, its services and its dispatcher, ready to poll. `engine` is already loaded."""
-    storage = await Storage.open(settings.db_path, default_topk=settings.default_topk)
+    storage = await Storage.open(settings.database(), default_topk=settings.default_topk)
     try:
         purged = await storage.purge(settings.results_ttl_days * 86400)
         if purged:
@@ -202,9 +203,16 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(texts.invalid_settings(exc), file=sys.stderr)
         return 2
     secrets = [settings.token()] if settings.bot_token else []
+    if settings.database_url is not None:
+        secrets.append(url_password(settings.database_url.get_secret_value()) or "")
     configure_logging(args.log_level or settings.log_level, secrets=secrets)
     if settings.bot_token is None:
         print(texts.missing_token_help(), file=sys.stderr)
+        return 2
+    try:
+        settings.database()  # an unknown scheme is refused before the models load
+    except DatabaseUrlError as exc:
+        print(exc, file=sys.stderr)
         return 2
 
     from core import CastfinderError
@@ -220,6 +228,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         pass
     except TelegramAPIError as exc:
         log.error("Telegram refused the bot: %s (is BOT_TOKEN right?)", exc)
+        return 1
+    except (DatabaseUnavailable, SchemaTooNewError) as exc:
+        log.error("%s", exc)  # one line: which setting, what failed (password masked)
         return 1
     log.info("bot stopped")
     return 0

@@ -34,7 +34,7 @@ from .engine_gateway import EngineGateway
 from .feedback import pack, stored_results
 from .limits import QueryQueue, QueueFull, Ticket, UserBusy
 from .status import StatusMessage, chat_action
-from .storage import ChatSettings, PendingPick, QueryLogEntry, Storage
+from .storage import ChatSettings, DatabaseUnavailable, PendingPick, QueryLogEntry, Storage
 from .telegram_io import ImageRef, ReplyTarget, ResultSender, ThumbnailCache, check_ref, download
 
 log = logging.getLogger(__name__)
@@ -399,6 +399,8 @@ class QueryService:
                 chat_id, req.chat_type, user_id, rec.movie_slug, images, rec.results, rec.outcome, latency,
                 rec.engine_ms,
             ))
+        except DatabaseUnavailable:
+            pass  # an outage: the storage backend logged it once, not a traceback per query
         except Exception:  # the log must never cost the user their answer
             log.exception("could not write the query log")
 
