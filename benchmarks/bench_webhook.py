@@ -33,7 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bot.services.storage import Storage  # noqa: E402
 from tests.bot_support import jpeg  # noqa: E402
 from tests.fake_telegram import FakeTelegramServer, message_update, private_chat, user  # noqa: E402
 from tests.webhook_support import SECRET, RedisServer, RoundRobinProxy, start_bot, wait_exit  # noqa: E402
@@ -52,7 +51,6 @@ def machine() -> str:
 async def measure(processes: int, kind: str, updates: int, concurrency: int, work: Path) -> float:
     redis = RedisServer(work)
     db = work / f"bot-{processes}-{kind}.sqlite3"
-    await (await Storage.open(db)).close()
     try:
         async with FakeTelegramServer() as srv, RoundRobinProxy() as proxy:
             settings = {

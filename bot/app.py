@@ -17,7 +17,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
-from urllib.parse import urlsplit
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
@@ -48,7 +47,8 @@ from .services.shared_state import (
     SharedStateError,
     connect,
 )
-from .services.storage import Storage
+from .services.storage import DatabaseUnavailable, DatabaseUrlError, SchemaTooNewError, Storage
+from .services.storage_backend import url_password
 from .settings import BotSettings, listen_address
 from .webhook import ListenError, start_server
 
@@ -178,7 +178,7 @@ async def create_app(
     """The bot, its services and its dispatcher, ready to poll. `engine` is already loaded.
     With CASTFINDER_REDIS_URL, rate limits, busy users and albums are shared with the bot's
     other processes (SharedStateError when Redis cannot be reached now)."""
-    storage = await Storage.open(settings.db_path, default_topk=settings.default_topk)
+    storage = await Storage.open(settings.database(), default_topk=settings.default_topk)
     shared: Redis | None = None
     try:
         purged = await storage.purge(settings.results_ttl_days * 86400)
@@ -310,13 +310,20 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(texts.invalid_settings(exc), file=sys.stderr)
         return 2
     secrets = [settings.token()] if settings.bot_token else []
+    if settings.database_url is not None:
+        secrets.append(url_password(settings.database_url.get_secret_value()) or "")
     if settings.bot_token and settings.webhook_url:
         secrets.append(settings.webhook_secret_token())
-    if settings.redis_url is not None and (password := urlsplit(settings.redis_url.get_secret_value()).password):
-        secrets.append(password)
+    if settings.redis_url is not None:
+        secrets.append(url_password(settings.redis_url.get_secret_value()) or "")
     configure_logging(args.log_level or settings.log_level, secrets=secrets)
     if settings.bot_token is None:
         print(texts.missing_token_help(), file=sys.stderr)
+        return 2
+    try:
+        settings.database()  # an unknown scheme is refused before the models load
+    except DatabaseUrlError as exc:
+        print(exc, file=sys.stderr)
         return 2
 
     from core import CastfinderError
@@ -333,8 +340,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     except TelegramAPIError as exc:
         log.error("Telegram refused the bot: %s (is BOT_TOKEN right?)", exc)
         return 1
-    except (SharedStateError, ListenError) as exc:
-        log.error("%s", exc)
+    except (DatabaseUnavailable, SchemaTooNewError, SharedStateError, ListenError) as exc:
+        log.error("%s", exc)  # one line: which setting, what failed (password masked)
         return 1
     log.info("bot stopped")
     return 0

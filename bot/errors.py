@@ -10,6 +10,7 @@ from aiogram.exceptions import TelegramForbiddenError
 from core import CastfinderError
 
 from . import texts
+from .services.storage_backend import DatabaseUnavailable
 
 
 class QueryRefused(Exception):
@@ -42,4 +43,7 @@ def explain(exc: Exception) -> Explanation:
         # The engine raises these on purpose, with a message written for users.
         # Shortened like every echoed value: the message may quote what the user sent.
         return Explanation("bad_input", texts.quote(exc, texts.REASON_CHARS))
+    if isinstance(exc, DatabaseUnavailable):
+        # An outage, already logged once by the backend: the usual apology, no traceback per update.
+        return Explanation("error", texts.internal_error())
     return Explanation("error", texts.internal_error(), unexpected=True)

@@ -43,6 +43,9 @@ class BotSettings(BaseSettings):
     telegram_api_local: bool = False
     admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     db_path: Path = Path("data/castfinder.sqlite3")
+    # PostgreSQL for bot processes on several hosts (postgresql://user:password@host:port/db);
+    # empty: the SQLite file at db_path. A secret: the password is never logged or shown.
+    database_url: SecretStr | None = None
 
     # Engine threads shared by all chats = queries searched at the same time.
     query_workers: int = Field(default=2, ge=1, le=64)
@@ -94,6 +97,13 @@ class BotSettings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _blank_url_is_none(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
 
     @field_validator("telegram_api_base", mode="before")
     @classmethod
@@ -179,6 +189,14 @@ class BotSettings(BaseSettings):
         if self.webhook_secret is not None:
             return self.webhook_secret.get_secret_value()
         return hmac.new(self.token().encode(), b"castfinder webhook secret", hashlib.sha256).hexdigest()
+
+    def database(self) -> Path | str:
+        """What the bot's Storage opens: CASTFINDER_DATABASE_URL if set, else CASTFINDER_DB_PATH.
+        An unknown scheme raises DatabaseUrlError (one line, password masked)."""
+        from .services.storage_backend import database_target
+
+        url = self.database_url.get_secret_value() if self.database_url is not None else None
+        return database_target(url, self.db_path)
 
     def token(self) -> str:
         if self.bot_token is None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from tests.postgres_server import PostgresServer, find_bindir, missing_reason
 from tests.tiny_models import save_clip, save_dinov2
 
 # Before ultralytics / transformers are imported anywhere: no network, no writes to ~/.config.
@@ -39,6 +42,32 @@ requires_shared = pytest.mark.skipif(
 @pytest.fixture(autouse=True)
 def _no_bot_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BOT_TOKEN", raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the session (127.0.0.1, a free port, a temp dir); skips with
+    the reason when PostgreSQL or asyncpg is not installed."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    bindir = find_bindir()
+    assert bindir is not None
+    server = PostgresServer(bindir)
+    try:
+        server.init()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """What `Storage.open` opens, once per backend: a new SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "bot.sqlite3"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return await server.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(scope="session")

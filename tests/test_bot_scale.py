@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from bot.services.storage import Storage
 from tests.bot_support import jpeg
 from tests.fake_telegram import Call, FakeTelegramServer, callback_update, message_update, private_chat, user
 from tests.webhook_support import SECRET, BotProcess, RedisServer, RoundRobinProxy, start_bot, wait_exit
@@ -79,9 +78,7 @@ def more_data(listing: Call) -> str:
 
 @pytest.fixture
 async def cluster(tmp_path: Path, redis: RedisServer) -> AsyncIterator[Cluster]:
-    db = tmp_path / "bot.sqlite3"
-    # The schema is made once before the processes start (two first starts at once would both migrate).
-    await (await Storage.open(db)).close()
+    db = tmp_path / "bot.sqlite3"  # new: both processes' first start migrates it, one at a time
     async with FakeTelegramServer() as srv, RoundRobinProxy() as proxy:
         settings = {
             "BOT_TOKEN": srv.token, "CASTFINDER_TELEGRAM_API_BASE": srv.base_url, "CASTFINDER_DB_PATH": str(db),

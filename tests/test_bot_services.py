@@ -178,75 +178,135 @@ async def test_retry_gives_up_after_its_attempts_and_on_absurd_waits() -> None:
         await retry(polls, None, GetUpdates())
 
 
-# -- storage --------------------------------------------------------------------------------
-async def test_storage_creates_the_schema_and_keeps_settings_across_restarts(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "bot.sqlite3"
-    db = await Storage.open(path, default_topk=5)
+# -- storage (each test once per backend: SQLite and PostgreSQL) ------------------------------
+async def raw_execute(target: Path | str, sql: str) -> None:
+    """`sql` straight on the database, past Storage (as an older castfinder or an admin would)."""
+    if isinstance(target, Path):
+        async with aiosqlite.connect(target) as raw:
+            await raw.execute(sql)
+            await raw.commit()
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(target)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def migrated_to(target: Path | str, version: int) -> None:
+    """The database as castfinder at schema `version` left it."""
+    if isinstance(target, Path):
+        async with aiosqlite.connect(target) as raw:
+            await migrate(raw, target=version)
+            assert await schema_version(raw) == version
+        return
+    import asyncpg
+
+    from bot.services import storage_postgres
+
+    conn = await asyncpg.connect(target)
+    try:
+        await storage_postgres.migrate(conn, target=version)
+        assert await storage_postgres.schema_version(conn) == version
+    finally:
+        await conn.close()
+
+
+async def stored_version(target: Path | str) -> list[tuple[int]]:
+    if isinstance(target, Path):
+        with sqlite3.connect(target) as raw:
+            return raw.execute("SELECT version FROM schema_version").fetchall()
+    import asyncpg
+
+    conn = await asyncpg.connect(target)
+    try:
+        return [tuple(r) for r in await conn.fetch("SELECT version FROM schema_version")]
+    finally:
+        await conn.close()
+
+
+async def test_storage_creates_the_schema_and_keeps_settings_across_restarts(db_target: Path | str) -> None:
+    target = db_target.parent / "sub" / "bot.sqlite3" if isinstance(db_target, Path) else db_target
+    db = await Storage.open(target, default_topk=5)
     assert (await db.chat(1)).topk == 5 and (await db.chat(1)).movie_slug is None
     await db.set_movie(1, "heat", "Heat")
     await db.set_topk(1, 12)
     await db.set_topk(2, 3)
+    await db.set_movie(-1001234567890, "heat", "Heat")  # a supergroup's id needs 64 bits
     await db.close()
-    db = await Storage.open(path, default_topk=5)
+    db = await Storage.open(target, default_topk=5)
     try:
         assert (await db.chat(1)).movie_slug == "heat" and (await db.chat(1)).topk == 12
         assert (await db.chat(2)).movie_slug is None and (await db.chat(2)).topk == 3
+        assert (await db.chat(-1001234567890)).movie_name == "Heat"
     finally:
         await db.close()
-    with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    assert await stored_version(target) == [(SCHEMA_VERSION,)]
 
 
-async def test_storage_migrates_an_older_database_and_refuses_a_newer_one(tmp_path: Path) -> None:
-    path = tmp_path / "bot.sqlite3"
-    async with aiosqlite.connect(path) as raw:
-        await migrate(raw, target=1)
-        await raw.execute("INSERT INTO chat_settings (chat_id, movie_slug, movie_name, topk, updated_at) "
-                          "VALUES (5, 'heat', 'Heat', 7, 0)")
-        await raw.commit()
-        assert await schema_version(raw) == 1
-    db = await Storage.open(path)
+@pytest.mark.parametrize("version", range(SCHEMA_VERSION))
+async def test_storage_migrates_an_older_database_and_refuses_a_newer_one(db_target: Path | str, version: int) -> None:
+    await migrated_to(db_target, version)
+    if version >= 1:
+        await raw_execute(db_target, "INSERT INTO chat_settings (chat_id, movie_slug, movie_name, topk, updated_at) "
+                                     "VALUES (5, 'heat', 'Heat', 7, 0)")
+    db = await Storage.open(db_target)
     try:
-        assert (await db.chat(5)).topk == 7  # data kept
+        assert (await db.chat(5)).topk == (7 if version >= 1 else 5)  # data kept
         page = await db.save_results(chat_id=5, user_id=5, reply_to=1, thread_id=None, movie="Heat", page_size=5,
-                                     results=[StoredResult(1, 3, None, 1.0, 2.0, 0.9, "/t.jpg", False)], notes=[])
+                                     results=[StoredResult(1, 3, None, 1.0, 2.0, 0.9, "/t.jpg", False)], notes=[],
+                                     query=b"\x00vectors")
         assert (await db.results(page.id, chat_id=5)).results[0].shot == 3  # the new tables work
+        assert await db.query_vectors(page.id, chat_id=5) == b"\x00vectors"
     finally:
         await db.close()
-    async with aiosqlite.connect(path) as raw:
-        await raw.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
-        await raw.commit()
-    with pytest.raises(SchemaTooNewError):
-        await Storage.open(path)
+    assert await stored_version(db_target) == [(SCHEMA_VERSION,)]
+    await raw_execute(db_target, f"UPDATE schema_version SET version = {SCHEMA_VERSION + 1}")
+    setting = "CASTFINDER_DB_PATH" if isinstance(db_target, Path) else "CASTFINDER_DATABASE_URL"
+    with pytest.raises(SchemaTooNewError, match=f"newer than this castfinder.*{setting}"):
+        await Storage.open(db_target)
 
 
-async def test_result_pages_and_picks_expire(tmp_path: Path) -> None:
+async def test_result_pages_and_picks_expire(db_target: Path | str) -> None:
     clock = Clock(0.0)
-    db = await Storage.open(tmp_path / "bot.sqlite3", clock=clock)
+    db = await Storage.open(db_target, clock=clock)
     try:
         old = await db.save_pick(chat_id=1, user_id=1, message_id=3, thread_id=None, file_id="f", movie_slug="heat",
                                  people=[{"index": 1, "bbox": [0, 0, 1, 1], "score": 0.9, "area_fraction": 0.1}])
+        assert (await db.pick(old.id, chat_id=1)).people[0]["bbox"] == [0, 0, 1, 1]
+        assert await db.pick(old.id, chat_id=2) is None  # bound to its chat
         clock.now = 10 * 86400
         new = await db.save_results(chat_id=1, user_id=1, reply_to=None, thread_id=None, movie="Heat", page_size=5,
                                     results=[], notes=["n"])
+        assert await db.results(new.id, chat_id=2) is None
         assert await db.purge(7 * 86400) == 1
         assert await db.pick(old.id, chat_id=1) is None and (await db.results(new.id, chat_id=1)).notes == ["n"]
     finally:
         await db.close()
 
 
-async def test_stats_summarise_the_query_log(tmp_path: Path) -> None:
-    from bot.services.storage import QueryLogEntry
+async def test_stats_summarise_the_query_log(db_target: Path | str) -> None:
+    from bot.services.storage import FeedbackTap, QueryLogEntry
 
-    db = await Storage.open(tmp_path / "bot.sqlite3")
+    db = await Storage.open(db_target)
     try:
         for i, (outcome, latency) in enumerate([("ok", 100.0), ("ok", 300.0), ("ok", 200.0), ("no_movie", 5.0)]):
             await db.log_query(QueryLogEntry(10 + i % 2, "private", i % 3, "heat", 1, 3, outcome, latency, 50.0))
+        page = await db.save_results(chat_id=10, user_id=0, reply_to=None, thread_id=None, movie="Heat", page_size=5,
+                                     results=[], notes=[])
+        for verdict in ("yes", "no", "no"):
+            await db.add_feedback(page, user_id=0, tap=FeedbackTap(verdict, 7, 1))
+        assert [t.verdict for t in await db.feedback(page)] == ["yes", "no", "no"]
         s = await db.stats()
         assert (s.total, s.users, s.chats) == (4, 3, 2)
         assert s.outcomes == {"ok": 3, "no_movie": 1}
         assert s.latency_p50_ms == 200.0 and s.latency_p95_ms == pytest.approx(290.0)
         assert s.top_movies == [("heat", 3)]
+        assert (s.corrected, s.rejected, s.yes_taps, s.no_taps) == (1, 1, 1, 2)
+        recent = await db.recent_queries(2)
+        assert [r["latency_ms"] for r in recent] == [200.0, 5.0] and recent[0]["engine_ms"] == 50.0
     finally:
         await db.close()
 

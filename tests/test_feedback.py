@@ -129,12 +129,14 @@ def test_cli_not_and_yes_apply_the_same_feedback(film, capsys, monkeypatch: pyte
 
 # -- the bot ------------------------------------------------------------------------------
 @pytest.fixture
-async def h(film, tmp_path: Path, tiny_dinov2: Path):
+async def h(film, tmp_path: Path, tiny_dinov2: Path, db_target: Path | str):
     """The bot over the fake Bot API, with an engine on the film's index that finds nobody in a
-    screenshot (the random detector is told to be sure), so the whole screenshot is the query."""
+    screenshot (the random detector is told to be sure), so the whole screenshot is the query;
+    once on each database backend (pages, query vectors and taps are stored)."""
     engine, _ = film
     bot_engine = Engine(settings_for(engine.settings.index_dir, tiny_dinov2).model_copy(update={"det_conf": 0.99}))
-    async with bot_harness(bot_engine, tmp_path, admin_ids=frozenset({USER_ID})) as harness:
+    database = {"db_path": db_target} if isinstance(db_target, Path) else {"database_url": db_target}
+    async with bot_harness(bot_engine, tmp_path, admin_ids=frozenset({USER_ID}), **database) as harness:
         await harness.app.storage.set_movie(USER_ID, "twins", "Twins")
         harness.engine = bot_engine  # type: ignore[attr-defined]
         yield harness

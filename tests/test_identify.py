@@ -243,3 +243,67 @@ async def test_bot_says_not_in_the_catalogue_for_a_picture_of_no_indexed_movie(t
         assert h.srv.calls_of("sendPhoto") == []
         assert "not from any movie I have indexed" in h.sent_texts()[-1]
         assert "/movies" in h.sent_texts()[-1]
+
+
+@pytest.fixture(scope="module")
+def real_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Titanic's clip and GoldenEye's frames indexed with the real detector and the default channels
+    (faces and body re-id from ../shared/weights), 1 frame a second: each movie the other's distractor."""
+    from core import Engine
+    from tests.conftest import GOLDENEYE_FRAMES, PERSON_DETECTOR, TITANIC, WEIGHTS
+
+    if not (PERSON_DETECTOR.is_file() and TITANIC.is_file() and GOLDENEYE_FRAMES.is_dir()):
+        pytest.skip(f"needs the real footage and weights in {WEIGHTS.parent}")
+    from core import Settings
+
+    settings = Settings(_env_file=None, index_dir=tmp_path_factory.mktemp("catalogue") / "indexes",
+                        detector=str(PERSON_DETECTOR), person_classes=[0, 1], models_dir=WEIGHTS, device="cpu",
+                        sample_fps=1.0)
+    engine = Engine(settings)
+    engine.index(TITANIC, "Titanic")
+    engine.index(GOLDENEYE_FRAMES, "GoldenEye")
+    yield engine
+    engine.catalog.close()
+
+
+# Person crops with a face (the shared query pictures: not frames of the clips, not what was indexed).
+# (With only these two films Titanic's three shots calibrate weakly: its crops land at 0.56-0.67;
+# Jack seen from behind, body_jack.jpg, and a face with no body, face_rose.jpg, stay under 0.5.)
+CROPS = [("titanic/portrait_jack.jpg", "Titanic"), ("titanic/body_rose.jpg", "Titanic"),
+         ("goldeneye/queries/natalya_1.jpg", "GoldenEye"), ("goldeneye/queries/boris_2.jpg", "GoldenEye")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("picture", "movie"), CROPS)
+def test_a_person_crop_identifies_its_movie_by_the_people_in_it(real_catalogue, picture: str, movie: str) -> None:
+    from tests.conftest import DATA
+
+    response = real_catalogue.identify(Image.open(DATA / picture))
+    assert response.movie == movie, response
+    assert response.confidence >= 0.5
+    assert response.people >= 1 and "people" in response.shots[0].evidence
+
+
+@pytest.mark.slow
+async def test_bot_identifies_the_movie_of_a_person_crop_and_searches_the_character_there(real_catalogue) -> None:
+    from tests.bot_support import ALICE, ALICE_CHAT, USER_ID, bot_harness
+    from tests.conftest import DATA
+    from tests.fake_telegram import callback_update
+
+    engine = real_catalogue
+    crop = (DATA / "goldeneye" / "queries" / "natalya_1.jpg").read_bytes()
+    async with bot_harness(engine, engine.settings.index_dir.parent) as h:
+        await h.feed(h.photo(crop))
+        [answer] = h.srv.calls_of("sendPhoto")
+        caption = answer.result["caption"]
+        assert re.match(r"🎬 Looks like GoldenEye, shot \d+/\d+ at 00:00:\d\d \((8|9)\d% sure\)", caption), caption
+        search = answer.params["reply_markup"]["inline_keyboard"][0][0]
+        assert search["text"] == "🔎 Search in GoldenEye"
+        await h.feed(callback_update(h.srv, chat=ALICE_CHAT, from_user=ALICE, message=answer.result,
+                                     data=search["callback_data"]))
+        assert (await h.app.storage.chat(USER_ID)).movie_slug == "goldeneye"
+        # The crop is then searched in GoldenEye: Natalya's shots come back as results.
+        results = [c for c in h.srv.calls_of("sendPhoto")[1:] if "shot" in (c.result.get("caption") or "")]
+        assert results, h.sent_texts()
+        rows = await h.app.storage.recent_queries()
+        assert [(r["outcome"], r["movie_slug"]) for r in rows] == [("identified", "goldeneye"), ("ok", "goldeneye")]

@@ -35,7 +35,7 @@ from .feedback import pack, stored_results
 from .limits import QueryQueue, QueueFull, Ticket, UserBusy
 from .shared_state import RedisUserPlaces
 from .status import StatusMessage, chat_action
-from .storage import ChatSettings, PendingPick, QueryLogEntry, Storage
+from .storage import ChatSettings, DatabaseUnavailable, PendingPick, QueryLogEntry, Storage
 from .telegram_io import ImageRef, ReplyTarget, ResultSender, ThumbnailCache, check_ref, download
 
 log = logging.getLogger(__name__)
@@ -412,6 +412,8 @@ class QueryService:
                 chat_id, req.chat_type, user_id, rec.movie_slug, images, rec.results, rec.outcome, latency,
                 rec.engine_ms,
             ))
+        except DatabaseUnavailable:
+            pass  # an outage: the storage backend logged it once, not a traceback per query
         except Exception:  # the log must never cost the user their answer
             log.exception("could not write the query log")
 

@@ -21,12 +21,12 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import urlsplit, urlunsplit
 
 from aiogram.types import Message
 
 from ..settings import ALBUM_MAX
 from .limits import RateLimiter, UserBusy
+from .storage_backend import mask_url, scrub
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -43,16 +43,6 @@ class SharedStateError(Exception):
     """Redis cannot be used at start; the message is the user's one line."""
 
 
-def redacted(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 async def connect(url: str) -> Redis:
     """A client for `url` that answered PING, or SharedStateError naming CASTFINDER_REDIS_URL."""
     try:
@@ -64,14 +54,14 @@ async def connect(url: str) -> Redis:
     try:
         client: Redis = Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3, health_check_interval=30)
     except ValueError as exc:
-        raise SharedStateError(f"CASTFINDER_REDIS_URL={redacted(url)!r} is not a Redis URL ({exc}); "
+        raise SharedStateError(f"CASTFINDER_REDIS_URL={mask_url(url)!r} is not a Redis URL ({exc}); "
                                "expected e.g. redis://127.0.0.1:6379/0") from None
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
         await client.aclose()
-        reason = str(exc).replace(url, redacted(url))
-        raise SharedStateError(f"cannot reach Redis at CASTFINDER_REDIS_URL={redacted(url)}: {reason}") from None
+        reason = scrub(str(exc), url)
+        raise SharedStateError(f"cannot reach Redis at CASTFINDER_REDIS_URL={mask_url(url)}: {reason}") from None
     return client
 
 

@@ -1,97 +1,33 @@
-"""The bot's SQLite database (aiosqlite): chat settings, the query log, stored result pages and
-pending person choices. The schema is created and migrated on open, tracked in `schema_version`.
+"""The bot's database: chat settings, the query log, stored result pages, pending person choices
+and feedback. `Storage` is the one interface the bot calls; the SQL is written here once, and a
+backend runs it: SQLite (`storage_sqlite`, the default, CASTFINDER_DB_PATH) or PostgreSQL
+(`storage_postgres`, CASTFINDER_DATABASE_URL). Each creates and migrates its schema on open,
+tracked in `schema_version`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import aiosqlite
+from .storage_backend import (
+    Backend,
+    DatabaseUnavailable,
+    DatabaseUrlError,
+    SchemaTooNewError,
+    database_target,
+    mask_url,
+)
+from .storage_sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteBackend, migrate, schema_version
 
-log = logging.getLogger(__name__)
-
-# Append only: a database at version N gets migrations N+1.. applied, each in one transaction.
-MIGRATIONS: list[str] = [
-    # 1: per-chat settings and the query log.
-    """
-    CREATE TABLE chat_settings (
-        chat_id INTEGER PRIMARY KEY,
-        movie_slug TEXT,
-        movie_name TEXT,
-        topk INTEGER,
-        updated_at REAL NOT NULL
-    );
-    CREATE TABLE query_log (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        ts REAL NOT NULL,
-        chat_id INTEGER NOT NULL,
-        chat_type TEXT NOT NULL,
-        user_id INTEGER NOT NULL,
-        movie_slug TEXT,
-        images INTEGER NOT NULL,
-        results INTEGER NOT NULL,
-        outcome TEXT NOT NULL,
-        latency_ms REAL NOT NULL
-    );
-    CREATE INDEX query_log_ts ON query_log(ts);
-    """,
-    # 2: results kept for "More" and screenshots waiting for the user to pick a person; the
-    # engine's own time is logged apart from the end-to-end latency.
-    """
-    CREATE TABLE result_pages (
-        id TEXT PRIMARY KEY,
-        chat_id INTEGER NOT NULL,
-        user_id INTEGER NOT NULL,
-        reply_to INTEGER,
-        thread_id INTEGER,
-        movie TEXT NOT NULL,
-        page_size INTEGER NOT NULL,
-        payload TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX result_pages_created ON result_pages(created_at);
-    CREATE TABLE pending_picks (
-        id TEXT PRIMARY KEY,
-        chat_id INTEGER NOT NULL,
-        user_id INTEGER NOT NULL,
-        message_id INTEGER NOT NULL,
-        thread_id INTEGER,
-        file_id TEXT NOT NULL,
-        movie_slug TEXT NOT NULL,
-        people TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX pending_picks_created ON pending_picks(created_at);
-    ALTER TABLE query_log ADD COLUMN engine_ms REAL;
-    """,
-    # 3: feedback on results ("that's them" / "not them"): the query's vectors kept with its
-    # page so that a tap re-ranks without the screenshots, and every tap, kept for /stats.
-    """
-    ALTER TABLE result_pages ADD COLUMN query BLOB;
-    CREATE TABLE feedback (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        ts REAL NOT NULL,
-        page_id TEXT NOT NULL,
-        chat_id INTEGER NOT NULL,
-        user_id INTEGER NOT NULL,
-        verdict TEXT NOT NULL,
-        shot_id INTEGER NOT NULL,
-        crop INTEGER NOT NULL
-    );
-    CREATE INDEX feedback_page ON feedback(page_id);
-    """,
+__all__ = [
+    "MIGRATIONS", "SCHEMA_VERSION", "Backend", "DatabaseUnavailable", "DatabaseUrlError", "SchemaTooNewError",
+    "database_target", "mask_url", "migrate", "schema_version",
 ]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class SchemaTooNewError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -210,38 +146,38 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class Storage:
-    def __init__(self, db: aiosqlite.Connection, *, default_topk: int, clock: Callable[[], float] = time.time) -> None:
-        self._db = db
+    """The bot's one interface to its database, whichever backend runs it."""
+
+    def __init__(self, backend: Backend, *, default_topk: int, clock: Callable[[], float] = time.time) -> None:
+        self._db = backend
         self.default_topk = default_topk
         self._clock = clock
 
+    @property
+    def backend(self) -> str:
+        return self._db.name
+
     @classmethod
     async def open(
-        cls, path: Path | str, *, default_topk: int = 5, clock: Callable[[], float] = time.time
+        cls, target: Path | str, *, default_topk: int = 5, clock: Callable[[], float] = time.time
     ) -> Storage:
-        path = Path(path)
-        if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path)
-        try:
-            db.row_factory = aiosqlite.Row
-            if str(path) != ":memory:":
-                await db.execute("PRAGMA journal_mode=WAL")
-            await migrate(db)
-        except BaseException:
-            await db.close()
-            raise
-        return cls(db, default_topk=default_topk, clock=clock)
+        """`target`: a PostgreSQL URL (postgresql://…) or the SQLite file's path (or ":memory:").
+        Raises DatabaseUrlError, DatabaseUnavailable or SchemaTooNewError, each one line."""
+        if isinstance(target, str) and "://" in target:
+            from .storage_postgres import PostgresBackend
+
+            backend: Backend = await PostgresBackend.open(str(database_target(target, "")))
+        else:
+            backend = await SqliteBackend.open(target)
+        return cls(backend, default_topk=default_topk, clock=clock)
 
     async def close(self) -> None:
         await self._db.close()
 
     # -- chat settings -------------------------------------------------------------------
     async def chat(self, chat_id: int) -> ChatSettings:
-        async with self._db.execute(
-            "SELECT movie_slug, movie_name, topk FROM chat_settings WHERE chat_id = ?", (chat_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._db.fetchone("SELECT movie_slug, movie_name, topk FROM chat_settings WHERE chat_id = ?",
+                                      chat_id)
         if row is None:
             return ChatSettings(chat_id, None, None, self.default_topk)
         return ChatSettings(chat_id, row["movie_slug"], row["movie_name"], row["topk"] or self.default_topk)
@@ -251,17 +187,15 @@ class Storage:
             "INSERT INTO chat_settings (chat_id, movie_slug, movie_name, updated_at) VALUES (?,?,?,?) "
             "ON CONFLICT(chat_id) DO UPDATE SET movie_slug=excluded.movie_slug, "
             "movie_name=excluded.movie_name, updated_at=excluded.updated_at",
-            (chat_id, slug, name, self._clock()),
+            chat_id, slug, name, self._now(),
         )
-        await self._db.commit()
 
     async def set_topk(self, chat_id: int, topk: int) -> None:
         await self._db.execute(
             "INSERT INTO chat_settings (chat_id, topk, updated_at) VALUES (?,?,?) "
             "ON CONFLICT(chat_id) DO UPDATE SET topk=excluded.topk, updated_at=excluded.updated_at",
-            (chat_id, topk, self._clock()),
+            chat_id, topk, self._now(),
         )
-        await self._db.commit()
 
     # -- result pages --------------------------------------------------------------------
     async def save_results(
@@ -285,48 +219,39 @@ class Storage:
         await self._db.execute(
             "INSERT INTO result_pages (id, chat_id, user_id, reply_to, thread_id, movie, page_size, payload, "
             "created_at, query) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (page.id, chat_id, user_id, reply_to, thread_id, movie, page_size, _payload(page), self._clock(), query),
+            page.id, chat_id, user_id, reply_to, thread_id, movie, page_size, _payload(page), self._now(), query,
         )
-        await self._db.commit()
         return page
 
     async def replace_results(self, page: ResultPage) -> None:
         """Store `page`'s results (re-ranked by feedback) and version in place of the old ones."""
         await self._db.execute("UPDATE result_pages SET payload = ? WHERE id = ? AND chat_id = ?",
-                               (_payload(page), page.id, page.chat_id))
-        await self._db.commit()
+                               _payload(page), page.id, page.chat_id)
 
     async def query_vectors(self, page_id: str, *, chat_id: int) -> bytes | None:
         """The stored query vectors of a page (bound to its chat like `results`), None if none."""
-        async with self._db.execute(
-            "SELECT query FROM result_pages WHERE id = ? AND chat_id = ?", (page_id, chat_id)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._db.fetchone("SELECT query FROM result_pages WHERE id = ? AND chat_id = ?", page_id, chat_id)
         return bytes(row[0]) if row is not None and row[0] is not None else None
 
     # -- feedback ------------------------------------------------------------------------
     async def add_feedback(self, page: ResultPage, *, user_id: int, tap: FeedbackTap) -> None:
         await self._db.execute(
             "INSERT INTO feedback (ts, page_id, chat_id, user_id, verdict, shot_id, crop) VALUES (?,?,?,?,?,?,?)",
-            (self._clock(), page.id, page.chat_id, user_id, tap.verdict, tap.shot_id, tap.crop),
+            self._now(), page.id, page.chat_id, user_id, tap.verdict, tap.shot_id, tap.crop,
         )
-        await self._db.commit()
 
     async def feedback(self, page: ResultPage) -> list[FeedbackTap]:
         """Every tap on the page's results, oldest first."""
-        async with self._db.execute(
+        rows = await self._db.fetchall(
             "SELECT verdict, shot_id, crop FROM feedback WHERE page_id = ? AND chat_id = ? ORDER BY id",
-            (page.id, page.chat_id),
-        ) as cur:
-            return [FeedbackTap(r[0], int(r[1]), int(r[2])) for r in await cur.fetchall()]
+            page.id, page.chat_id,
+        )
+        return [FeedbackTap(r[0], int(r[1]), int(r[2])) for r in rows]
 
     async def results(self, page_id: str, *, chat_id: int) -> ResultPage | None:
         """The page `page_id` if it was posted in `chat_id`. A page id is callback data, which a
         user can forge: bound to its chat, another chat's results are never found."""
-        async with self._db.execute(
-            "SELECT * FROM result_pages WHERE id = ? AND chat_id = ?", (page_id, chat_id)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._db.fetchone("SELECT * FROM result_pages WHERE id = ? AND chat_id = ?", page_id, chat_id)
         if row is None:
             return None
         payload = json.loads(row["payload"])
@@ -350,18 +275,15 @@ class Storage:
     ) -> PendingPick:
         pick = PendingPick(new_id(), chat_id, user_id, message_id, thread_id, file_id, movie_slug, people)
         await self._db.execute(
-            "INSERT INTO pending_picks VALUES (?,?,?,?,?,?,?,?,?)",
-            (pick.id, chat_id, user_id, message_id, thread_id, file_id, movie_slug, json.dumps(people), self._clock()),
+            "INSERT INTO pending_picks (id, chat_id, user_id, message_id, thread_id, file_id, movie_slug, people, "
+            "created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            pick.id, chat_id, user_id, message_id, thread_id, file_id, movie_slug, json.dumps(people), self._now(),
         )
-        await self._db.commit()
         return pick
 
     async def pick(self, pick_id: str, *, chat_id: int) -> PendingPick | None:
         """The person choice `pick_id` if it was offered in `chat_id` (bound like `results`)."""
-        async with self._db.execute(
-            "SELECT * FROM pending_picks WHERE id = ? AND chat_id = ?", (pick_id, chat_id)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._db.fetchone("SELECT * FROM pending_picks WHERE id = ? AND chat_id = ?", pick_id, chat_id)
         if row is None:
             return None
         return PendingPick(
@@ -371,12 +293,10 @@ class Storage:
 
     async def purge(self, older_than_s: float) -> int:
         """Forget result pages and person choices older than `older_than_s`; returns rows removed."""
-        cutoff = self._clock() - older_than_s
+        cutoff = self._now() - older_than_s
         removed = 0
         for table in ("result_pages", "pending_picks"):
-            cur = await self._db.execute(f"DELETE FROM {table} WHERE created_at < ?", (cutoff,))
-            removed += cur.rowcount
-        await self._db.commit()
+            removed += await self._db.execute(f"DELETE FROM {table} WHERE created_at < ?", cutoff)
         return removed
 
     # -- query log -----------------------------------------------------------------------
@@ -384,82 +304,49 @@ class Storage:
         await self._db.execute(
             "INSERT INTO query_log (ts, chat_id, chat_type, user_id, movie_slug, images, results, outcome, "
             "latency_ms, engine_ms) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (self._clock(), entry.chat_id, entry.chat_type, entry.user_id, entry.movie_slug, entry.images,
-             entry.results, entry.outcome, entry.latency_ms, entry.engine_ms),
+            self._now(), entry.chat_id, entry.chat_type, entry.user_id, entry.movie_slug, entry.images,
+            entry.results, entry.outcome, float(entry.latency_ms),
+            None if entry.engine_ms is None else float(entry.engine_ms),
         )
-        await self._db.commit()
 
     async def recent_queries(self, limit: int = 100) -> list[dict[str, Any]]:
         """The last `limit` rows of the query log, oldest first."""
-        async with self._db.execute("SELECT * FROM query_log ORDER BY id DESC LIMIT ?", (limit,)) as cur:
-            rows = [dict(r) for r in await cur.fetchall()]
-        return rows[::-1]
+        rows = await self._db.fetchall("SELECT * FROM query_log ORDER BY id DESC LIMIT ?", limit)
+        return [dict(zip(r.keys(), (r[k] for k in r.keys()))) for r in rows][::-1]
 
     async def stats(self, *, recent: int = 1000) -> UsageStats:
         db = self._db
-        since = self._clock() - 86400
+        since = self._now() - 86400
 
         async def scalar(sql: str, *args: Any) -> int:
-            async with db.execute(sql, args) as cur:
-                row = await cur.fetchone()
+            row = await db.fetchone(sql, *args)
             return int(row[0] or 0) if row is not None else 0
 
         total = await scalar("SELECT COUNT(*) FROM query_log")
         last_24h = await scalar("SELECT COUNT(*) FROM query_log WHERE ts >= ?", since)
         users = await scalar("SELECT COUNT(DISTINCT user_id) FROM query_log")
         chats = await scalar("SELECT COUNT(DISTINCT chat_id) FROM query_log")
-        async with db.execute("SELECT outcome, COUNT(*) FROM query_log GROUP BY outcome ORDER BY 2 DESC") as cur:
-            outcomes = {row[0]: int(row[1]) for row in await cur.fetchall()}
-        async with db.execute(
-            "SELECT latency_ms, engine_ms FROM query_log WHERE outcome = 'ok' ORDER BY id DESC LIMIT ?", (recent,)
-        ) as cur:
-            rows = await cur.fetchall()
+        outcomes = {row[0]: int(row[1]) for row in await db.fetchall(
+            "SELECT outcome, COUNT(*) FROM query_log GROUP BY outcome ORDER BY 2 DESC")}
+        rows = await db.fetchall(
+            "SELECT latency_ms, engine_ms FROM query_log WHERE outcome = 'ok' ORDER BY id DESC LIMIT ?", recent)
         latencies = [float(r[0]) for r in rows]
         engine = [float(r[1]) for r in rows if r[1] is not None]
-        async with db.execute(
+        top = [(row[0], int(row[1])) for row in await db.fetchall(
             "SELECT movie_slug, COUNT(*) FROM query_log WHERE outcome = 'ok' AND movie_slug IS NOT NULL "
-            "GROUP BY movie_slug ORDER BY 2 DESC, 1 LIMIT 5"
-        ) as cur:
-            top = [(row[0], int(row[1])) for row in await cur.fetchall()]
-        async with db.execute(
+            "GROUP BY movie_slug ORDER BY 2 DESC, 1 LIMIT 5")]
+        row = await db.fetchone(
             "SELECT COUNT(DISTINCT page_id), COUNT(DISTINCT CASE WHEN verdict = 'no' THEN page_id END), "
-            "SUM(verdict = 'yes'), SUM(verdict = 'no') FROM feedback"
-        ) as cur:
-            row = await cur.fetchone()
-        corrected, rejected, yes_taps, no_taps = (int(v or 0) for v in row) if row is not None else (0, 0, 0, 0)
+            "SUM(CASE WHEN verdict = 'yes' THEN 1 ELSE 0 END), SUM(CASE WHEN verdict = 'no' THEN 1 ELSE 0 END) "
+            "FROM feedback"
+        )
+        corrected, rejected, yes_taps, no_taps = (int(row[i] or 0) for i in range(4)) if row is not None \
+            else (0, 0, 0, 0)
         return UsageStats(
             total, last_24h, users, chats, outcomes, percentile(latencies, 0.5), percentile(latencies, 0.95),
             percentile(engine, 0.5), top, outcomes.get("ok", 0), corrected, rejected, yes_taps, no_taps,
         )
 
-
-async def schema_version(db: aiosqlite.Connection) -> int:
-    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    async with db.execute("SELECT MAX(version) FROM schema_version") as cur:
-        row = await cur.fetchone()
-    return int(row[0] or 0) if row is not None else 0
-
-
-async def migrate(db: aiosqlite.Connection, *, target: int = SCHEMA_VERSION) -> int:
-    """Bring the schema to `target`; returns the version it was at."""
-    current = await schema_version(db)
-    if current > SCHEMA_VERSION:
-        raise SchemaTooNewError(
-            f"the bot database is at schema version {current}, newer than this castfinder "
-            f"({SCHEMA_VERSION}); upgrade castfinder or point CASTFINDER_DB_PATH elsewhere"
-        )
-    for version in range(current + 1, target + 1):
-        # One transaction per step: a failed migration leaves the previous version intact.
-        statements = [s.strip() for s in MIGRATIONS[version - 1].split(";") if s.strip()]
-        await db.execute("BEGIN")
-        try:
-            for statement in statements:
-                await db.execute(statement)
-            await db.execute("DELETE FROM schema_version")
-            await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-            await db.commit()
-        except BaseException:
-            await db.rollback()
-            raise
-        log.info("bot database migrated to schema version %d", version)
-    return current
+    def _now(self) -> float:
+        # A float whatever the clock returns: PostgreSQL's columns are typed (double precision).
+        return float(self._clock())
