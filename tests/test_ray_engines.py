@@ -30,7 +30,6 @@ from core.ray_engines import (  # noqa: E402
     EnginesUnavailableError,
     RemoteEngine,
     start_workers,
-    stop_workers,
     worker_names,
 )
 
@@ -161,9 +160,9 @@ def test_the_bot_process_loads_no_model(tiny, cluster: str, tmp_path: Path) -> N
 import asyncio, json, sys
 import numpy as np
 from PIL import Image
+from bot.app import build_remote_engine
 from bot.services.engine_gateway import EngineGateway
-from core.ray_engines import RemoteEngine
-gateway = EngineGateway(RemoteEngine({cluster!r}), workers=2)
+gateway = EngineGateway(build_remote_engine({cluster!r}), workers=2)
 image, people = asyncio.run(gateway.detect(open({str(tmp_path / 'q.png')!r}, 'rb').read()))
 [movie] = asyncio.run(gateway.movies())
 from core import QueryImage
@@ -182,7 +181,9 @@ print(json.dumps({{"people": len(people), "shots": [r.shot for r in response.res
     assert out["shots"] == [r.shot for r in expected.results] and out["people"] == len(tiny[1].find_people(_picture()))
 
 
-def test_a_killed_worker_is_replaced_and_the_next_query_answered(tiny, cluster: str) -> None:
+def test_a_killed_worker_is_replaced_and_the_next_query_answered(tiny, cluster: str, capsys) -> None:
+    from castfinder.cli import main
+
     settings, local, _ = tiny
     pids = start_workers(cluster, 2, settings)
     remote = RemoteEngine(cluster)
@@ -193,7 +194,8 @@ def test_a_killed_worker_is_replaced_and_the_next_query_answered(tiny, cluster: 
     again = start_workers(cluster, 2, settings)  # the same named workers, the killed one restarted by Ray
     assert again[1] == pids[1] and again[0] not in pids
 
-    assert stop_workers(cluster) == 2
+    assert main(["engines", "--ray", cluster, "--stop"]) == 0
+    assert "stopped 2 engine worker(s)" in capsys.readouterr().out
     kind, text = _error(remote.movies)
     assert kind is EnginesUnavailableError and "try again" in text
     kind, text = _error(RemoteEngine, cluster)
