@@ -34,7 +34,9 @@ from core.ray_engines import (  # noqa: E402
 )
 
 SEGMENTS = [((30, 10, 10), 30), ((40, 230, 240), 20), ((0, 0, 160), 40)]  # three shots
-HEAVY = ("torch", "ultralytics", "transformers", "faiss", "openvino", "onnxruntime", "cv2")
+# The model runtimes: none of them in a bot process whose engine is remote. (FAISS and OpenCV are
+# imported by the bot's own modules either way; they hold no model.)
+MODEL_RUNTIMES = ("torch", "ultralytics", "transformers", "openvino", "onnxruntime", "dlib")
 
 
 @pytest.fixture(scope="module")
@@ -169,14 +171,14 @@ from core import QueryImage
 response = asyncio.run(gateway.search(movie, [QueryImage(image)], top=5))
 gateway.close()
 print(json.dumps({{"people": len(people), "shots": [r.shot for r in response.results],
-                  "loaded": sorted(m for m in {HEAVY!r} if m in sys.modules)}}))
+                  "loaded": sorted(m for m in {MODEL_RUNTIMES!r} if m in sys.modules)}}))
 """
     _picture().save(tmp_path / "q.png")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env=offline_env({"RAY_USAGE_STATS_ENABLED": "0"}), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["loaded"] == []  # no torch, no detector, no FAISS in the bot's process
+    assert out["loaded"] == []  # no torch, no detector, no embedder in the bot's process
     expected = tiny[1].search("heat", [QueryImage(_picture())], top=5)
     assert out["shots"] == [r.shot for r in expected.results] and out["people"] == len(tiny[1].find_people(_picture()))
 
