@@ -53,6 +53,7 @@ def tiny_settings(tmp: Path, dinov2: Path, **extra: Any) -> Any:
 
     from core import Settings
 
+    tmp.mkdir(parents=True, exist_ok=True)
     detector = tmp / "yolo-random.pt"
     if not detector.exists():
         torch.manual_seed(0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -50,6 +51,7 @@ ACTOR_PREFIX = "castfinder-engine-"
 # A call that finds its worker dead is sent again this many times (to the restarted worker);
 # past that the user is told the engines are unavailable.
 _TASK_RETRIES = 2
+_CONNECT_S = 5.0  # a cluster's head that does not accept a connection in this long is down
 # The engine methods a worker answers: everything the bot uses except decoding (done where the
 # bytes arrived: a bad image is refused before anything crosses the wire).
 _FORWARDED = frozenset({
@@ -75,6 +77,7 @@ def connect(address: str) -> Any:
     ray = _ray()
     if ray.is_initialized():
         return ray
+    _check_reachable(address)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
@@ -82,6 +85,20 @@ def connect(address: str) -> Any:
         raise EnginesUnavailableError(f"The Ray cluster at {address} cannot be reached ({exc}); "
                                       "check CASTFINDER_ENGINE_RAY_ADDRESS.") from None
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """A host:port (or ray://host:port) that refuses connections is said at once: Ray itself
+    retries an unreachable head for minutes before giving up."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local": Ray finds the cluster itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_S).close()
+    except OSError as exc:
+        raise EnginesUnavailableError(f"The Ray cluster at {address} cannot be reached ({exc.strerror or exc}); "
+                                      "check CASTFINDER_ENGINE_RAY_ADDRESS, or start it with ray start --head.") \
+            from None
 
 
 class EngineWorker:

@@ -202,3 +202,17 @@ def test_a_killed_worker_is_replaced_and_the_next_query_answered(tiny, cluster: 
     assert kind is EnginesUnavailableError and "try again" in text
     kind, text = _error(RemoteEngine, cluster)
     assert kind is EnginesUnavailableError and f"castfinder engines --ray {cluster}" in text
+
+
+def test_a_cluster_that_is_down_is_one_line_for_the_bot_and_for_engines(tmp_path: Path) -> None:
+    from tests.hostile import no_traceback, run_cli
+    from tests.milvus_server import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    env = {"BOT_TOKEN": "123456:ABCdef_fake-token", "CASTFINDER_ENGINE_RAY_ADDRESS": address,
+           "CASTFINDER_DB_PATH": str(tmp_path / "bot.sqlite3"), "CASTFINDER_INDEX_DIR": str(tmp_path / "indexes")}
+    for args in (["bot"], ["engines", "--ray", address, "--workers", "1"]):
+        proc = run_cli(args, env, timeout=60)
+        assert proc.returncode == 1 and no_traceback(proc), proc.stderr[-2000:]
+        assert f"The Ray cluster at {address} cannot be reached" in proc.stderr
+        assert "ABCdef_fake-token" not in proc.stderr + proc.stdout
