@@ -16,7 +16,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("engines", parents=parents, help="start the engine workers of a Ray cluster (for the bot)",
                        description="Start N engine workers (Ray actors that load the models once and answer the "
                                    "bot's searches) on a Ray cluster, or stop them. Workers already running are "
-                                   "kept; Ray restarts one that dies. The settings (models, index folder) are "
+                                   "kept, with their settings (--stop them first to change those); Ray restarts "
+                                   "one that dies. The settings (models, index folder) are "
                                    "this command's: the index folder must be at the same path on every machine.")
     p.add_argument("--ray", default="auto", metavar="ADDRESS",
                    help="the cluster: host:6379, ray://host:10001, or auto (RAY_ADDRESS or the local one)")

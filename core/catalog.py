@@ -273,9 +273,8 @@ class Catalog:
             if self._writing:  # rebuild → sync: already held (a second flock would wait on itself)
                 yield
                 return
-            folder = Path(self.settings.index_dir).expanduser()
-            folder.mkdir(parents=True, exist_ok=True)
-            with file_lock(folder / LOCK_NAME):
+            # No index folder, or one this process may not write: unlocked, as before there were locks.
+            with file_lock(Path(self.settings.index_dir).expanduser() / LOCK_NAME):
                 self._writing = True
                 try:
                     yield
