@@ -183,6 +183,17 @@ def build_engine(engine_settings: "Settings | None" = None) -> EngineLike:
     return engine
 
 
+def build_remote_engine(address: str) -> EngineLike:
+    """The engine workers of the Ray cluster at `address` (`castfinder engines`): no model loads here."""
+    from core.ray_engines import RemoteEngine
+
+    engine = RemoteEngine(address)
+    movies = engine.movies()
+    log.info("searching with %d engine worker(s) on the Ray cluster %s; %d movie(s) indexed", engine.workers,
+             address, len(movies))
+    return engine
+
+
 async def serve(settings: BotSettings, engine: EngineLike, *, handle_signals: bool = True) -> None:
     app = await create_app(settings, engine)
     await app.serve(handle_signals=handle_signals)
@@ -218,7 +229,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     from core import CastfinderError
 
     try:
-        engine = build_engine()
+        engine = build_remote_engine(settings.engine_ray_address) if settings.engine_ray_address else build_engine()
     except CastfinderError as exc:
         log.error("the engine could not start: %s", exc)
         return 1
