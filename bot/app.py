@@ -282,6 +282,17 @@ def load_engine(spec: str) -> EngineLike:
     return engine
 
 
+def build_remote_engine(address: str) -> EngineLike:
+    """The engine workers of the Ray cluster at `address` (`castfinder engines`): no model loads here."""
+    from core.ray_engines import RemoteEngine
+
+    engine = RemoteEngine(address)
+    movies = engine.movies()
+    log.info("searching with %d engine worker(s) on the Ray cluster %s; %d movie(s) indexed", engine.workers,
+             address, len(movies))
+    return engine
+
+
 async def serve(settings: BotSettings, engine: EngineLike, *, handle_signals: bool = True) -> None:
     app = await create_app(settings, engine)
     await app.serve(handle_signals=handle_signals)
@@ -329,7 +340,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     from core import CastfinderError
 
     try:
-        engine = load_engine(settings.bot_engine) if settings.bot_engine else build_engine()
+        if settings.bot_engine:
+            engine = load_engine(settings.bot_engine)
+        elif settings.engine_ray_address:
+            engine = build_remote_engine(settings.engine_ray_address)
+        else:
+            engine = build_engine()
     except CastfinderError as exc:
         log.error("the engine could not start: %s", exc)
         return 1

@@ -49,6 +49,9 @@ class BotSettings(BaseSettings):
 
     # Engine threads shared by all chats = queries searched at the same time.
     query_workers: int = Field(default=2, ge=1, le=64)
+    # A Ray cluster whose engine workers (`castfinder engines`) hold the models and answer the
+    # searches; empty: the engine runs in the bot's own process (the default).
+    engine_ray_address: str = ""
     # Queries allowed to wait for a worker; beyond that users are told to come back later.
     queue_size: int = Field(default=20, ge=0, le=1000)
     # Queries per minute per user; 0 turns the limit off.

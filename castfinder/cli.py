@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from castfinder import eval_cmd, identify_cmd  # noqa: E402  (cheap at import time, as is common)
+from castfinder import engines_cmd, eval_cmd, identify_cmd  # noqa: E402  (cheap at import time, as is common)
 from castfinder.common import (  # noqa: E402
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     eval_cmd.add_parser(sub, [flags, searching])
     identify_cmd.add_parsers(sub, [flags])
+    engines_cmd.add_parser(sub, [flags])
     sub.add_parser("bot", help="run the Telegram bot (long polling, or --webhook URL)", add_help=False)
     return parser
 
@@ -541,7 +542,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS = {"index": cmd_index, "movies": cmd_movies, "search": cmd_search, "cast": cmd_cast, "people": cmd_people,
             "models": cmd_models, "eval": eval_cmd.run, "clip": cmd_clip, "identify": identify_cmd.run_identify,
-            "catalog": identify_cmd.run_catalog}
+            "catalog": identify_cmd.run_catalog, "engines": engines_cmd.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

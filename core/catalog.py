@@ -7,7 +7,7 @@ model: vectors of different models cannot be compared), each row tagged with the
 its build id, the shot, the frame time and the crop.
 
 The store is Milvus: Milvus Lite, a local file beside the indexes (`<index_dir>/.catalog.db`),
-or a Milvus server (`CASTFINDER_CATALOG_URI=http://…`), with the same client code. The
+or a Milvus server (`CASTFINDER_MILVUS_URI=http://…`), with the same client code. The
 catalogue is derived data: `sync` brings it in line with the index folder (a movie indexed or
 re-indexed since, by build id, is re-read from its index; a movie gone is removed), so a
 catalogue that is missing, stale, or was busy while a movie was indexed (Milvus Lite lets one
@@ -17,6 +17,7 @@ build; `castfinder catalog rebuild` builds it afresh.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -27,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from .search import framesig
 from .settings import Settings
 from .store import MovieIndex
 from .store.layout import META
+from .store.locks import file_lock
 from .store.reader import _faiss_ids
 from .types import MovieInfo
 
@@ -45,9 +47,13 @@ PREFIX = "castfinder_"
 MOVIES = PREFIX + "movies"
 FRAMES = PREFIX + "frames"
 LOCAL_NAME = ".catalog.db"  # hidden: the index folder's listing skips names starting with "."
+# Held (flock) by the process changing the catalogue: processes sharing a Milvus server must not
+# interleave one movie's delete and insert (its rows would be written twice).
+LOCK_NAME = ".catalog.lock"
 _INSERT_ROWS = 2000  # rows per insert call: Milvus caps a request's size
 _OPEN_TRIES = 10  # Milvus Lite's file is open in another process (an `index` finishing): wait ...
 _OPEN_WAIT_S = 0.5  # ... this long between tries
+_SERVER_TRIES = 3  # a server refusing connections: restarting, or down (then say so soon)
 _MAX_LIMIT = 16_384  # Milvus' largest top-k and query limit
 
 
@@ -95,7 +101,7 @@ def _guarded(method: F) -> F:
             return method(self, *args, **kwargs)
         except MilvusException as exc:
             raise StorageError(f"The catalogue {self.uri} failed ({exc.message}); run castfinder catalog rebuild, "
-                               "or check CASTFINDER_CATALOG_URI.") from None
+                               "or check CASTFINDER_MILVUS_URI.") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -118,6 +124,7 @@ class Catalog:
         self.uri = catalog_uri(settings)
         self._lock = threading.RLock()
         self._client: Any = None
+        self._writing = False  # this process holds the catalogue's file lock (see `_writer`)
 
     @property
     def exists(self) -> bool:
@@ -141,16 +148,17 @@ class Catalog:
         if local:
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
         client: Any = None
-        for attempt in range(_OPEN_TRIES):
+        tries = _OPEN_TRIES if local else _SERVER_TRIES
+        for attempt in range(tries):
             try:
                 client = MilvusClient(self.uri)
                 break
             except MilvusException as exc:
-                if attempt + 1 == _OPEN_TRIES:
+                if attempt + 1 == tries:
                     where = (f"{self.uri} is open in another castfinder process (Milvus Lite lets one process "
                              "use it at a time); try again when it is done" if local
                              else f"the Milvus server at {self.uri} cannot be reached; check "
-                                  "CASTFINDER_CATALOG_URI")
+                                  "CASTFINDER_MILVUS_URI")
                     raise StorageError(f"The catalogue cannot be opened: {where} ({exc.message}).") from None
                 time.sleep(_OPEN_WAIT_S)
         self._client = client
@@ -257,12 +265,28 @@ class Catalog:
             self._client.insert(name, rows[start:start + _INSERT_ROWS])
 
     # -- keeping in step with the index folder --------------------------------------------
+    @contextlib.contextmanager
+    def _writer(self) -> Iterator[None]:
+        """The one process (and thread) changing the catalogue: this lock and the index folder's
+        catalogue lock file, which every process sharing a Milvus server takes too."""
+        with self._lock:
+            if self._writing:  # rebuild → sync: already held (a second flock would wait on itself)
+                yield
+                return
+            # No index folder, or one this process may not write: unlocked, as before there were locks.
+            with file_lock(Path(self.settings.index_dir).expanduser() / LOCK_NAME):
+                self._writing = True
+                try:
+                    yield
+                finally:
+                    self._writing = False
+
     @_guarded
     def sync(self, movies: Iterable[MovieInfo], progress: Callable[[str], None] | None = None) -> SyncReport:
         """Bring the catalogue in line with `movies` (the index folder's searchable movies)."""
         report = SyncReport()
         wanted = {m.slug: m for m in movies}
-        with self._lock:
+        with self._writer():
             have = self.entries()
             for slug in sorted(set(have) - set(wanted)):
                 self.remove(slug)
@@ -300,7 +324,7 @@ class Catalog:
     @_guarded
     def rebuild(self, movies: Iterable[MovieInfo], progress: Callable[[str], None] | None = None) -> SyncReport:
         """Drop everything and read every movie again."""
-        with self._lock:
+        with self._writer():
             client = self._open()
             for name in client.list_collections():
                 if name.startswith(PREFIX):

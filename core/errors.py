@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .types import DamagedMovie
@@ -10,6 +10,18 @@ if TYPE_CHECKING:
 
 class CastfinderError(Exception):
     """Base class: the message is safe and meant to be shown to users as is."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as message and attributes, not as `cls(*args)`: most subclasses build their
+        # message from other arguments, and these errors cross processes (Ray engine workers).
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[CastfinderError], args: tuple[Any, ...], state: dict[str, Any]) -> CastfinderError:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 class BadInputError(CastfinderError):

@@ -18,7 +18,7 @@ from types import UnionType
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import SettingsError
@@ -205,8 +205,11 @@ class Settings(BaseSettings):
 
     # "Which movie is this?" (castfinder identify, the bot without a movie set). The catalogue of
     # every indexed movie: empty for a Milvus Lite file in the index folder (<index_dir>/.catalog.db),
-    # or a Milvus server's URI (http://host:19530).
-    catalog_uri: str = ""
+    # which one process at a time may open, or a Milvus server's URI (http://host:19530), which
+    # every process and machine shares. CASTFINDER_MILVUS_URI; CASTFINDER_CATALOG_URI, its first
+    # name, still works.
+    catalog_uri: str = Field("", validation_alias=AliasChoices("CASTFINDER_MILVUS_URI", "CASTFINDER_CATALOG_URI",
+                                                               "catalog_uri"))
     # A screenshot whose best movie is less likely than this is "not in the catalogue".
     identify_min_confidence: float = Field(0.5, ge=0.0, le=1.0)
 

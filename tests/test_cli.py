@@ -156,7 +156,7 @@ def test_every_choice_list_is_the_settings_literal() -> None:
         assert Settings.model_fields[dest].annotation == expected[dest]
     assert found["eval"]["aggregation"] == found["search"]["aggregation"]
     assert {c for c, o in found.items() if "device" in o} == {"index", "movies", "search", "cast", "people", "eval",
-                                                               "identify"}
+                                                               "identify", "engines"}
 
 
 @pytest.mark.parametrize(("flag", "dest"), [("--embedder", "embedder"), ("--device", "device"),

@@ -258,3 +258,47 @@ def test_a_folder_castfinder_did_not_write_is_never_replaced(
     assert f"{mine} is in the way of the index of 'Documents' and is not an index castfinder wrote; move it out " \
            f"of {index_dir}, or give this movie another --movie name." in err
     assert snapshot(index_dir) == before
+
+
+def test_a_serving_process_answers_from_the_index_another_process_rebuilt(
+        cli_env: dict[str, str], index_dir: Path, videos: tuple[Path, Path], query: Path) -> None:
+    """A long-lived engine (a bot, an engine worker) with the movie in its cache while another
+    process re-indexes it in the shared index folder: each answer is wholly the old index or wholly
+    the new, and the first one after the rebuild is the new."""
+    import subprocess
+    import sys
+
+    from tests.hostile import REPO, offline_env
+
+    video, short = videos
+    server = Engine(Settings(_env_file=None))
+    server.index(video, "Heat")
+    old = server.search("heat", [query], top=10)  # loaded into the cache now
+    assert {r.shot for r in old.results} == {1, 2, 3} and old.timeline is not None
+    films = {old.timeline.duration_s: {1, 2, 3}}
+    other = subprocess.Popen([sys.executable, "-m", "castfinder", "index", str(short), "--movie", "Heat", "--quiet"],
+                             env=offline_env(cli_env), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    answers = []
+    try:
+        while True:  # serving all along, as a bot does (a query every quarter second or so)
+            answers.append(server.search("heat", [query], top=10))
+            try:
+                other.wait(0.25)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        _, err = other.communicate(timeout=TIMEOUT)
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.communicate()
+    assert other.returncode == 0, err[-2000:]
+    new = server.search("heat", [query], top=10)
+    assert new.timeline is not None and new.timeline.duration_s < old.timeline.duration_s
+    films[new.timeline.duration_s] = {1, 2}
+    for answer in [*answers, new]:
+        assert answer.timeline is not None and answer.timeline.duration_s in films
+        assert {r.shot for r in answer.results} <= films[answer.timeline.duration_s]  # never a mix
+    assert {r.shot for r in new.results} == {1, 2}
+    assert server.resolve_movie("heat").shots == 2

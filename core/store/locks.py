@@ -56,6 +56,22 @@ def index_dir_lock(index_dir: Path, *, shared: bool = False) -> Iterator[bool]:
         os.close(fd)  # releases the lock
 
 
+@contextmanager
+def file_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on the file `path` (made if missing) inside the block; yields whether
+    it is held (False where the folder cannot be written or the file system has no flock)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        log.debug("cannot open %s to lock it: %s", path, exc)
+        yield False
+        return
+    try:
+        yield _acquire(fd, path, fcntl.LOCK_EX)
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _acquire(fd: int, index_dir: Path, mode: int) -> bool:
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
