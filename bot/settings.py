@@ -6,10 +6,14 @@ what the Telegram side needs. Every field is documented in `docs/BOT.md` and `.e
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Telegram's own ceilings: an album holds 2-10 media; `/topk` is capped so that one answer is
@@ -70,6 +74,26 @@ class BotSettings(BaseSettings):
     shutdown_grace_s: float = Field(default=20.0, ge=0, le=600)
     log_level: str = "INFO"
 
+    # -- several processes (docs/BOT.md "Webhook mode and several processes") --------------
+    # Webhook mode instead of long polling: the public https URL Telegram posts updates to.
+    webhook_url: str | None = None
+    # host:port the webhook server listens on (behind the TLS-terminating proxy).
+    webhook_listen: str = "127.0.0.1:8080"
+    # The X-Telegram-Bot-Api-Secret-Token every webhook request must carry. Unset: derived from
+    # the bot token, so that every process of one bot agrees without being told.
+    webhook_secret: SecretStr | None = None
+    # Call deleteWebhook when this process stops (off: with several processes one stopping must
+    # not cut off the others).
+    webhook_delete_on_stop: bool = False
+    # Drop the updates Telegram holds when the webhook is set (a fresh start).
+    webhook_drop_pending: bool = False
+    # Redis shared by the bot's processes (rate limits, busy users, albums): redis://host:6379/0.
+    # Unset: all of that lives in this process (one process per bot).
+    redis_url: SecretStr | None = None
+    # `module:function` returning the engine the bot uses instead of loading castfinder's own
+    # (another engine front, or the tests' stand-in). Unset: the engine, models loaded in-process.
+    bot_engine: str | None = None
+
     @field_validator("bot_token", mode="before")
     @classmethod
     def _blank_token_is_none(cls, value: object) -> object:
@@ -108,6 +132,47 @@ class BotSettings(BaseSettings):
                 ) from None
         return value
 
+    @field_validator("webhook_url", "webhook_secret", "redis_url", "bot_engine", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
+    @field_validator("bot_engine")
+    @classmethod
+    def _module_function(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:\w+", value):
+            raise ValueError(f"expected module:function, e.g. mypackage.engines:make, not {value!r}")
+        return value
+
+    @field_validator("webhook_listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        listen_address(value.strip())
+        return value.strip()
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_charset(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _SECRET.fullmatch(value.get_secret_value()):
+            raise ValueError("the webhook secret is 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule)")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_is_https(cls, url: str | None, info: ValidationInfo) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"expected a full URL like https://bot.example.org/tg, not {url!r}")
+        if parts.scheme == "http" and not info.data.get("telegram_api_base"):
+            # Telegram's servers post only to https; a local telegram-bot-api server also posts to http.
+            raise ValueError("the webhook URL must start with https:// (Telegram posts updates only over TLS); "
+                             "http:// works only with a local Bot API server (CASTFINDER_TELEGRAM_API_BASE)")
+        return url
+
     @field_validator("log_level")
     @classmethod
     def _upper_level(cls, value: str) -> str:
@@ -116,6 +181,17 @@ class BotSettings(BaseSettings):
     @property
     def max_download_bytes(self) -> int:
         return self.max_download_mb * 1024 * 1024
+
+    @property
+    def webhook_path(self) -> str:
+        return urlsplit(self.webhook_url or "").path or "/"
+
+    def webhook_secret_token(self) -> str:
+        """The secret webhook requests must carry: the configured one, else one derived from the
+        bot token (the same in every process of the bot, unguessable without the token)."""
+        if self.webhook_secret is not None:
+            return self.webhook_secret.get_secret_value()
+        return hmac.new(self.token().encode(), b"castfinder webhook secret", hashlib.sha256).hexdigest()
 
     def database(self) -> Path | str:
         """What the bot's Storage opens: CASTFINDER_DATABASE_URL if set, else CASTFINDER_DB_PATH.
@@ -129,3 +205,15 @@ class BotSettings(BaseSettings):
         if self.bot_token is None:
             raise RuntimeError("BOT_TOKEN is not set")
         return self.bot_token.get_secret_value()
+
+
+_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """`host:port` (`[::1]:8080` for IPv6) as a pair, or ValueError saying what is expected."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, e.g. 127.0.0.1:8080, not {value!r}")
+    return host, int(port)

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_parser(sub, [flags, searching])
     identify_cmd.add_parsers(sub, [flags])
     engines_cmd.add_parser(sub, [flags])
-    sub.add_parser("bot", help="run the Telegram bot (long polling)", add_help=False)
+    sub.add_parser("bot", help="run the Telegram bot (long polling, or --webhook URL)", add_help=False)
     return parser
 
 

@@ -10,7 +10,7 @@ import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.types import Update
@@ -18,7 +18,7 @@ from PIL import Image
 
 from bot.app import App, api_server, create_app, create_bot
 from bot.settings import BotSettings
-from core import Engine, MovieInfo, Settings
+from core import Engine, MovieInfo, Person, Progress, SearchResponse, Settings, ShotResult
 from core.store import Listing
 from tests.fake_telegram import FakeTelegramServer, group_chat, message_update, private_chat, user
 
@@ -190,3 +190,68 @@ class GatedEngine:
                 await self._started.wait()
 
         await asyncio.wait_for(until(), timeout)
+
+
+HEAT = movie_info("Heat", "heat")
+
+
+class StubEngine(CatalogEngine):
+    """One movie, "Heat", with `shots` results for every search; the real decoder
+    (`Engine.load_image`), the real look-up of movie names and the real picker drawing.
+    `fail_next` is raised by the next search; `gate`, when set, holds searches until opened."""
+
+    def __init__(self, tmp_path: Path, *, shots: int = 12, people: Sequence[Person] = ()) -> None:
+        super().__init__([HEAT], tmp_path)
+        self.people = list(people)
+        self.fail_next: BaseException | None = None
+        self.gate: threading.Event | None = None
+        self.searches = 0
+        self.looked_up: list[str] = []  # every movie name the engine was asked about
+        self._started = threading.Event()
+        folder = tmp_path / "thumbs"
+        folder.mkdir(exist_ok=True)
+        self.results = []
+        for i in range(1, shots + 1):
+            thumb = folder / f"shot_{i:05d}.jpg"
+            Image.new("RGB", (64, 36), (i * 20 % 255, 40, 90)).save(thumb, "JPEG")
+            self.results.append(ShotResult(
+                rank=i, shot=i, shot_id=i, scene=None, start_s=10.0 * i, end_s=10.0 * i + 4, score=1 - i / 100,
+                thumbnail=str(thumb), frame_s=10.0 * i + 1, bbox=(1.0, 2.0, 3.0, 4.0), similarity=0.9,
+                confidence=0.9 - i / 100, low_confidence=False,
+            ))
+
+    def resolve_movie(self, query: str) -> MovieInfo:
+        self.looked_up.append(query)
+        return super().resolve_movie(query)
+
+    def match_movies(self, query: str, limit: int = 5) -> list[MovieInfo]:
+        self.looked_up.append(query)
+        return super().match_movies(query, limit)
+
+    def find_people(self, image: Any) -> list[Person]:
+        self.load_image(image)
+        return list(self.people)
+
+    def search(self, movie: Any, queries: Any, *, top: int = 5, aggregation: str | None = None,
+               channels: Sequence[str] | None = None, progress: Any = None) -> SearchResponse:
+        self.searches += 1
+        self._started.set()
+        if self.gate is not None and not self.gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        if progress is not None:
+            progress(Progress("search", 1, 1))
+        return SearchResponse(movie="Heat", slug="heat", results=self.results[:top], query_crops=1,
+                              whole_image_queries=0, aggregation="max", elapsed_s=0.01)
+
+
+def stub_engine() -> StubEngine:
+    """The engine of a bot started as its own process (CASTFINDER_BOT_ENGINE=
+    tests.bot_support:stub_engine): StubEngine with its thumbnails in CASTFINDER_INDEX_DIR."""
+    import os
+
+    folder = Path(os.environ["CASTFINDER_INDEX_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    return StubEngine(folder)

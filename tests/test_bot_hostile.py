@@ -15,25 +15,26 @@ import asyncio
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 from aiogram.exceptions import TelegramBadRequest
-from PIL import Image
 
 from bot.keyboards import MoreResults, PersonChoice, ascii_number
 from bot.middlewares.retry import RetryMiddleware
 from bot.services import telegram_io
 from bot.services.limits import QueryQueue, QueueFull, UserBusy
-from core import MovieInfo, Person, Progress, SearchResponse, ShotResult
+from core import Person
 from tests.bot_support import (
     ALICE,
     ALICE_CHAT,
     BOB,
     GROUP,
+    HEAT,
     USER_ID,
     CatalogEngine,
     Harness,
+    StubEngine,
     bot_harness,
     jpeg,
     movie_info,
@@ -41,63 +42,10 @@ from tests.bot_support import (
 from tests.fake_telegram import callback_update, edited_message_update, message_update, private_chat
 
 BOB_CHAT = private_chat(BOB["id"], "Bob", "bob")
-HEAT = movie_info("Heat", "heat")
 INTERNAL = "Something went wrong on my side"
 DOWNLOAD_FAILED = "I couldn't download your screenshot from Telegram; please send it again."
 EXPIRED = ("These results have expired", "That choice has expired", "This button no longer works")
 TWO_PEOPLE = [Person(1, (10.0, 10.0, 100.0, 190.0), 0.9, 0.25), Person(2, (160.0, 10.0, 300.0, 190.0), 0.8, 0.3)]
-
-
-class StubEngine(CatalogEngine):
-    """One movie, "Heat", with `shots` results for every search; the real decoder
-    (`Engine.load_image`), the real look-up of movie names and the real picker drawing.
-    `fail_next` is raised by the next search; `gate`, when set, holds searches until opened."""
-
-    def __init__(self, tmp_path: Path, *, shots: int = 12, people: Sequence[Person] = ()) -> None:
-        super().__init__([HEAT], tmp_path)
-        self.people = list(people)
-        self.fail_next: BaseException | None = None
-        self.gate: threading.Event | None = None
-        self.searches = 0
-        self.looked_up: list[str] = []  # every movie name the engine was asked about
-        self._started = threading.Event()
-        folder = tmp_path / "thumbs"
-        folder.mkdir(exist_ok=True)
-        self.results = []
-        for i in range(1, shots + 1):
-            thumb = folder / f"shot_{i:05d}.jpg"
-            Image.new("RGB", (64, 36), (i * 20 % 255, 40, 90)).save(thumb, "JPEG")
-            self.results.append(ShotResult(
-                rank=i, shot=i, shot_id=i, scene=None, start_s=10.0 * i, end_s=10.0 * i + 4, score=1 - i / 100,
-                thumbnail=str(thumb), frame_s=10.0 * i + 1, bbox=(1.0, 2.0, 3.0, 4.0), similarity=0.9,
-                confidence=0.9 - i / 100, low_confidence=False,
-            ))
-
-    def resolve_movie(self, query: str) -> MovieInfo:
-        self.looked_up.append(query)
-        return super().resolve_movie(query)
-
-    def match_movies(self, query: str, limit: int = 5) -> list[MovieInfo]:
-        self.looked_up.append(query)
-        return super().match_movies(query, limit)
-
-    def find_people(self, image: Any) -> list[Person]:
-        self.load_image(image)
-        return list(self.people)
-
-    def search(self, movie: Any, queries: Any, *, top: int = 5, aggregation: str | None = None,
-               channels: Sequence[str] | None = None, progress: Any = None) -> SearchResponse:
-        self.searches += 1
-        self._started.set()
-        if self.gate is not None and not self.gate.wait(timeout=30):
-            raise TimeoutError("the test never opened the gate")
-        if self.fail_next is not None:
-            exc, self.fail_next = self.fail_next, None
-            raise exc
-        if progress is not None:
-            progress(Progress("search", 1, 1))
-        return SearchResponse(movie="Heat", slug="heat", results=self.results[:top], query_crops=1,
-                              whole_image_queries=0, aggregation="max", elapsed_s=0.01)
 
 
 @pytest.fixture

@@ -83,8 +83,19 @@ class AlbumCollector:
             group.done.set()
 
 
+class Albums(Protocol):
+    """What the middleware needs of a collector: `AlbumCollector` (this process) or
+    `services.shared_state.RedisAlbumCollector` (parts spread over several processes)."""
+
+    def pending(self) -> int: ...
+
+    def flush_all(self) -> None: ...
+
+    async def collect(self, message: Message, arrived: float | None = None) -> tuple[list[Message], float] | None: ...
+
+
 class AlbumMiddleware(BaseMiddleware):
-    def __init__(self, collector: AlbumCollector) -> None:
+    def __init__(self, collector: Albums) -> None:
         self.collector = collector
 
     async def __call__(

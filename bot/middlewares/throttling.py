@@ -19,7 +19,7 @@ from aiogram.dispatcher.flags import get_flag
 from aiogram.types import CallbackQuery, Message, ReplyParameters, TelegramObject
 
 from .. import texts
-from ..services.limits import RateLimiter
+from ..services.limits import UserRate
 from ..services.storage import QueryLogEntry, Storage
 from . import Handler
 
@@ -29,7 +29,7 @@ ENGINE_QUERY = "engine_query"
 
 
 class ThrottlingMiddleware(BaseMiddleware):
-    def __init__(self, limiter: RateLimiter, messages: RateLimiter | None = None,
+    def __init__(self, limiter: UserRate, messages: UserRate | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.limiter = limiter
         self.messages = messages
@@ -44,14 +44,14 @@ class ThrottlingMiddleware(BaseMiddleware):
         user = data.get("event_from_user")
         if user is None:
             return await handler(event, data)
-        retry_in = self.messages.hit(user.id) if self.messages is not None else 0.0
+        retry_in = await self.messages.take(user.id) if self.messages is not None else 0.0
         if retry_in:
             log.info("user %s is flooding: ignored for %.0f s", user.id, retry_in)
             await self._refuse(event, user.id, texts.flooding(retry_in), retry_in)
             return None
         if not get_flag(data, ENGINE_QUERY):
             return await handler(event, data)
-        retry_in = self.limiter.hit(user.id)
+        retry_in = await self.limiter.take(user.id)
         if not retry_in:
             return await handler(event, data)
         log.info("user %s rate-limited for %.0f s", user.id, retry_in)
@@ -67,7 +67,7 @@ class ThrottlingMiddleware(BaseMiddleware):
 
     async def _refuse(self, event: TelegramObject, user_id: int, text: str, retry_in: float) -> None:
         # One record of who was told, whichever limit refused: the query limiter's.
-        first = self.limiter.should_warn(user_id, retry_in)
+        first = await self.limiter.warn_once(user_id, retry_in)
         if isinstance(event, CallbackQuery):
             await event.answer(text, show_alert=first)
         elif isinstance(event, Message) and event.bot is not None and first:

@@ -6,7 +6,18 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
+
+
+class UserRate(Protocol):
+    """A per-user rate limit as the middleware sees it: this process's `RateLimiter`, or
+    `shared_state.RedisRateLimiter` for all processes of the bot."""
+
+    per_minute: int
+
+    async def take(self, user_id: int) -> float: ...
+
+    async def warn_once(self, user_id: int, retry_in: float) -> bool: ...
 
 
 class RateLimiter:
@@ -42,6 +53,12 @@ class RateLimiter:
             return False
         self._warned_until[user_id] = now + retry_in
         return True
+
+    async def take(self, user_id: int) -> float:
+        return self.hit(user_id)
+
+    async def warn_once(self, user_id: int, retry_in: float) -> bool:
+        return self.should_warn(user_id, retry_in)
 
     def _forget_idle(self, now: float) -> None:
         for uid in [u for u, h in self._hits.items() if not h or h[-1] <= now - self.window_s]:

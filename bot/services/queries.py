@@ -33,6 +33,7 @@ from ..settings import BotSettings
 from .engine_gateway import EngineGateway
 from .feedback import pack, stored_results
 from .limits import QueryQueue, QueueFull, Ticket, UserBusy
+from .shared_state import RedisUserPlaces
 from .status import StatusMessage, chat_action
 from .storage import ChatSettings, DatabaseUnavailable, PendingPick, QueryLogEntry, Storage
 from .telegram_io import ImageRef, ReplyTarget, ResultSender, ThumbnailCache, check_ref, download
@@ -113,11 +114,14 @@ class QueryService:
         queue: QueryQueue,
         thumbnails: ThumbnailCache | None = None,
         clock: Callable[[], float] = time.monotonic,
+        places: RedisUserPlaces | None = None,
     ) -> None:
         self.settings = settings
         self.gateway = gateway
         self.storage = storage
         self.queue = queue
+        # With several processes, the user's places counted across all of them (Redis).
+        self.places = places
         self.thumbnails = thumbnails or ThumbnailCache()
         self.clock = clock
         self.closing = False
@@ -213,6 +217,15 @@ class QueryService:
         return QueryContext(bot, req, movie, topk, status, rec, notes=notes, chosen=chosen)
 
     async def _run(self, ctx: QueryContext) -> None:
+        if self.places is None:
+            return await self._run_here(ctx)
+        try:
+            async with self.places.hold(ctx.user_id):  # inside, UserBusy is already a QueryRefused
+                await self._run_here(ctx)
+        except UserBusy as exc:
+            raise QueryRefused(None if exc.repeated else texts.user_busy(), "user_busy") from None
+
+    async def _run_here(self, ctx: QueryContext) -> None:
         ticket = self._enter(ctx.user_id)
         status, count = ctx.status, len(ctx.images)
         # A cast member has nothing to download: its vectors are in the index.

@@ -816,6 +816,8 @@ class FakeTelegramServer:
         self.dropped_updates: list[JSONDict] = []
         self._next_update_id = 100_000_001
         self._allowed_updates: frozenset[str] | None = None
+        #: The URL of the last setWebhook ("" when none or deleted).
+        self.webhook_url = ""
 
         # Failure injection --------------------------------------------------
         self._failures: dict[str, list[_Failure]] = {}
@@ -1207,8 +1209,9 @@ class FakeTelegramServer:
         self.callback_answers[query_id] = None
         return query_id
 
-    def push_update(self, update: JSONDict) -> int:
-        """Queue ``update`` for getUpdates and wake a pending long poll."""
+    def webhook_update(self, update: JSONDict) -> JSONDict:
+        """``update`` with its update_id, its messages known to the server (as Telegram knows
+        what it delivers): what a test posts to a bot in webhook mode."""
         update = copy.deepcopy(update)
         if "update_id" not in update:
             update["update_id"] = self._next_update_id
@@ -1223,6 +1226,12 @@ class FakeTelegramServer:
             self.callback_answers.setdefault(str(query["id"]), None)
             if isinstance(query.get("message"), dict) and "chat" in query["message"]:
                 self.remember_chat(query["message"]["chat"])
+        return update
+
+    def push_update(self, update: JSONDict) -> int:
+        """Queue ``update`` for getUpdates and wake a pending long poll."""
+        update = self.webhook_update(update)
+        update_id = int(update["update_id"])
 
         kind = next((key for key in update if key != "update_id"), "")
         allowed = self._allowed_updates
@@ -1573,6 +1582,7 @@ class FakeTelegramServer:
         return {
             "getMe": self._get_me,
             "getUpdates": self._get_updates,
+            "setWebhook": self._set_webhook,
             "deleteWebhook": self._delete_webhook,
             "getWebhookInfo": self._get_webhook_info,
             "getFile": self._get_file,
@@ -1639,13 +1649,31 @@ class FakeTelegramServer:
                 await asyncio.wait_for(until_updates(), timeout)
         return copy.deepcopy(self.pending_updates[:limit])
 
+    async def _set_webhook(self, call: Call) -> bool:
+        url = call.params.get("url")
+        if not isinstance(url, str):
+            raise _bad_request("bad webhook: URL is missing")
+        secret = call.params.get("secret_token")
+        if secret is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", str(secret)):
+            raise _bad_request("bad webhook: secret token contains unallowed characters")
+        allowed = call.params.get("allowed_updates")
+        if isinstance(allowed, list):
+            self._allowed_updates = frozenset(map(str, allowed)) or None
+        if _as_bool(call.params.get("drop_pending_updates", False)):
+            self.pending_updates.clear()
+        # The test delivers updates to the URL itself (the fake posts nothing).
+        self.webhook_url = url
+        return True
+
     async def _delete_webhook(self, call: Call) -> bool:
         if _as_bool(call.params.get("drop_pending_updates", False)):
             self.pending_updates.clear()
+        self.webhook_url = ""
         return True
 
     async def _get_webhook_info(self, call: Call) -> JSONDict:
-        return {"url": "", "has_custom_certificate": False, "pending_update_count": len(self.pending_updates)}
+        return {"url": self.webhook_url, "has_custom_certificate": False,
+                "pending_update_count": len(self.pending_updates)}
 
     async def _get_file(self, call: Call) -> JSONDict:
         file_id = call.params.get("file_id")
