@@ -11,10 +11,11 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from tests.net import free_port
 
 BINARIES = ("initdb", "pg_ctl", "postgres")
 SUPERUSER = "castfinder"
@@ -48,13 +49,6 @@ def missing_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class PostgresServer:
     def __init__(self, bindir: Path, *, durable: bool = False) -> None:
         self.bindir = bindir
@@ -62,7 +56,7 @@ class PostgresServer:
         self.root = Path(tempfile.mkdtemp(prefix="castfinder-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
-        self.port = _free_port()
+        self.port = free_port()
         self._user: pwd.struct_passwd | None = None
         if os.geteuid() == 0:
             for name in ("postgres", "nobody"):

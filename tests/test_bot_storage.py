@@ -221,11 +221,9 @@ class socket_closed:
     """A 127.0.0.1 port nothing listens on (bound and released)."""
 
     def __enter__(self) -> int:
-        import socket
+        from tests.net import free_port
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port: int = s.getsockname()[1]
+        self.port: int = free_port()
         return self.port
 
     def __exit__(self, *exc: object) -> None:

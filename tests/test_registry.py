@@ -22,6 +22,7 @@ from core import ModelNotFoundError, Settings
 from core.models import registry
 from core.models.registry import Derivation, ModelFile, ModelSpec, models_dir, resolve_model
 from tests.conftest import WEIGHTS
+from tests.net import free_port
 
 SETTING = "CASTFINDER_FACE_DETECTOR"
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB: several chunks
@@ -213,9 +214,7 @@ def test_threads_loading_at_once_download_once(tmp_path, cache, server, monkeypa
 
 
 def test_a_network_failure_says_what_to_do(tmp_path, cache, monkeypatch) -> None:
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     _register(monkeypatch, f"http://127.0.0.1:{port}/fake.onnx")
     with pytest.raises(ModelNotFoundError) as info:
         resolve_model("fake_det", setting=SETTING, settings_or_models_dir=tmp_path / "models")
