@@ -71,7 +71,7 @@ class DrivenIndexer(Indexer):
 
     def __init__(self, settings: Settings, runner: PartRunner, tally: Tally | None = None,
                  on_part: Callable[[PartResult], None] | None = None) -> None:
-        super().__init__(settings, _no_models)  # type: ignore[arg-type]
+        super().__init__(settings, _no_models)
         self.runner = runner
         self.tally = tally or Tally(1, no_progress)
         self.on_part = on_part
