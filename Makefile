@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e ".[test,face,lint]"
+	$(VENV)/bin/python -m pip install --quiet -e ".[test,face,lint,scale]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -106,7 +106,7 @@ def _assert_same_index(single: Path, parts: Path) -> None:
 @requires_shared
 @pytest.mark.shared
 @pytest.mark.slow
-def test_three_films_on_ray_with_a_worker_killed_match_one_process(tmp_path: Path, tiny_dinov2: Path) -> None:
+def test_three_films_on_ray_with_a_worker_killed_match_one_process(tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="Ray is the optional extra castfinder[scale]")
     from core import Engine, Settings
     from core.indexing.distributed import Film

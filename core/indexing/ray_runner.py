@@ -132,6 +132,9 @@ class RayRunner:
         self._queue: deque[_Job] = deque()
         self._idle = deque(self.actors)
         self._running: dict[Any, tuple[Any, _Job]] = {}  # object ref -> (actor, job)
+        # A lost worker is given no part until Ray has restarted it (a call to an actor that is
+        # restarting fails at once): a call that waits for the restart says when it is back.
+        self._recovering: dict[Any, Any] = {}  # object ref -> actor
         self._wake = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._dispatch, name="castfinder-ray", daemon=True)
@@ -179,7 +182,8 @@ class RayRunner:
         ray = self.ray
         while True:
             with self._wake:
-                while not self._stopped and not self._running and not (self._queue and self._idle):
+                while not self._stopped and not self._running and not self._recovering and not (
+                        self._queue and self._idle):
                     self._wake.wait()
                 if self._stopped:
                     return
@@ -191,21 +195,46 @@ class RayRunner:
                     self._running[actor.part.remote(str(job.path), job.window)] = (actor, job)
                     if self.on_dispatch is not None:
                         self.on_dispatch(self.actors.index(actor), job.window)
-                refs = list(self._running)
+                refs = [*self._running, *self._recovering]
             if not refs:
                 continue
             ready, _ = ray.wait(refs, num_returns=1, timeout=_POLL_S)
             for ref in ready:
+                if ref in self._recovering:
+                    self._recovered(ref)
+                    continue
                 with self._wake:
                     actor, job = self._running.pop(ref)
-                    self._idle.append(actor)
-                self._settle(ref, job)
+                if self._settle(ref, job):
+                    with self._wake:
+                        self._idle.append(actor)
+                else:
+                    self._recovering[actor.name.options(max_task_retries=-1).remote()] = actor
 
-    def _settle(self, ref: Any, job: _Job) -> None:
+    def _recovered(self, ref: Any) -> None:
+        """A lost worker's probe answered: back among the free ones, or gone for good."""
+        actor = self._recovering.pop(ref)
+        try:
+            self.ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 — restarts spent, or its machine gone
+            log.warning("a worker is gone for good (%s)", exc)
+            with self._wake:
+                self.actors.remove(actor)
+                if not self.actors:
+                    for job in self._queue:
+                        if not job.future.done():
+                            job.future.set_exception(PartLostError("every Ray worker was lost; nothing more can run."))
+                    self._queue.clear()
+            return
+        with self._wake:
+            self._idle.append(actor)
+
+    def _settle(self, ref: Any, job: _Job) -> bool:
+        """The part's outcome to its future; False when its worker was lost (the part is queued again)."""
         from ray.exceptions import RayActorError, RayTaskError
 
         if job.future.done():
-            return
+            return True
         try:
             job.future.set_result(self.ray.get(ref))
         except RayActorError as exc:
@@ -216,13 +245,15 @@ class RayRunner:
                 job.future.set_exception(PartLostError(
                     f"{job.path.name}: the worker running {where} was lost {job.tries} times ({exc}); "
                     "nothing of it was published."))
-                return
+                return False
             log.warning("a worker was lost running %s; it runs again on the next free worker", where)
             with self._wake:
                 self._queue.appendleft(job)
                 self._wake.notify()
+            return False
         except RayTaskError as exc:
             cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else None
             job.future.set_exception(cause or RuntimeError(str(exc)))
         except Exception as exc:  # noqa: BLE001 — told with the film, never lost in this thread
             job.future.set_exception(exc)
+        return True
