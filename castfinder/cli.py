@@ -315,7 +315,8 @@ def _index_on_ray(args: argparse.Namespace, settings: Settings, address: str, ta
             bars.close()
     failed = [o for o in outcomes if o.error is not None]
     for o in failed:
-        fail(f"{o.film.source}: {o.error}")
+        message = str(o.error)  # most name their file already; the others are told whose they are
+        fail(message if o.film.source.name in message else f"{o.film.source}: {message}")
     reports = [o.report for o in outcomes if o.report is not None]
     if args.json:
         if len(outcomes) == 1 and reports:
