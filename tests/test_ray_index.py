@@ -158,16 +158,21 @@ def test_three_films_on_ray_with_a_worker_killed_match_one_process(tmp_path: Pat
             assert [r.shot for r in got.results] == [r.shot for r in want.results]
             assert [r.score for r in got.results] == pytest.approx([r.score for r in want.results], abs=1e-4)
 
-        # Ctrl-C during a re-index: the run stops, the index of before is untouched.
-        before = (tmp_path / "ray" / "titanic" / "manifest.json").read_bytes()
+        # Ctrl-C while Office is re-indexed, once its first part (8 s, checkpoints every 5 s) is written:
+        # the run stops, the index of before is untouched, and the build is kept at its checkpoint,
+        # which a single process resumes into the very index it would have built in one go.
+        office = tmp_path / "ray" / "office"
+        before = {f.name: f.read_bytes() for f in office.iterdir() if f.is_file()}
         runner.on_dispatch = None
 
         def interrupt(_film: Film, _part: object) -> None:
-            os.kill(os.getpid(), signal.SIGINT)
+            raise KeyboardInterrupt  # as Ctrl-C would, once the first part is written
 
         from core.indexing.distributed import index_films
 
         with pytest.raises(KeyboardInterrupt):
-            index_films(ray_settings, [Film(TITANIC, "Titanic")], runner, on_part=interrupt)
-        assert (tmp_path / "ray" / "titanic" / "manifest.json").read_bytes() == before
-        assert Engine(ray_settings, load_models=False).search("Titanic", [QUERIES[0]]).results
+            index_films(ray_settings, [Film(FILMS[1][0], "Office")], runner, on_part=interrupt)
+    assert {f.name: f.read_bytes() for f in office.iterdir() if f.is_file()} == before
+    report = Engine(ray_settings, load_models=False).index(FILMS[1][0], "Office")
+    assert report.resumed_at_s is not None and report.resumed_at_s >= 5.0
+    _assert_same_index(tmp_path / "single" / "office", office)
