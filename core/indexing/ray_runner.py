@@ -107,10 +107,15 @@ class RayRunner:
             check_reachable(address)
         # Workers log through Python logging to their own files; only errors reach us.
         common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-        if local:
-            ray.init(address="local", num_cpus=cpus, _node_ip_address="127.0.0.1", **common)
-        else:
-            ray.init(address=address, **common)
+        try:
+            if local:
+                ray.init(address="local", num_cpus=cpus, _node_ip_address="127.0.0.1", **common)
+            else:
+                ray.init(address=address, **common)
+        except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
+            # Something answers there, but not a Ray head this Ray can join (another service, another version).
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BadInputError(f"--ray {address or 'local'}: could not start or join Ray there ({first}).") from None
         try:
             resources = ray.cluster_resources()
             gpus, cpu_count = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
