@@ -83,8 +83,22 @@ def _content(folder: Path) -> dict[str, Any]:
     return {"manifest": manifest, "tables": tables, "vectors": vectors}
 
 
-def _assert_same_index(single: Path, parts: Path) -> None:
+def _tracks(crops: list[tuple]) -> set[frozenset[int]]:
+    """Which crops are one tracked person (crops' last column is the track id)."""
+    by_track: dict[int, set[int]] = {}
+    for row in crops:
+        by_track.setdefault(row[-1], set()).add(row[0])
+    return {frozenset(ids) for ids in by_track.values()}
+
+
+def _assert_same_index(single: Path, parts: Path, *, same_track_ids: bool = True) -> None:
     a, b = _content(single), _content(parts)
+    if not same_track_ids:
+        # A resumed build numbers its tracks on from the checkpoint's next id, one below where an
+        # uninterrupted build goes on (it spent that id on the checkpoint): the same tracks, other ids.
+        assert _tracks(b["tables"]["crops"]) == _tracks(a["tables"]["crops"])
+        for content in (a, b):
+            content["tables"]["crops"] = [row[:-1] for row in content["tables"]["crops"]]
     assert b["manifest"]["counts"] == a["manifest"]["counts"]
     assert b["manifest"]["duration_s"] == a["manifest"]["duration_s"]
     assert b["manifest"]["warnings"] == a["manifest"]["warnings"]
@@ -175,4 +189,4 @@ def test_three_films_on_ray_with_a_worker_killed_match_one_process(tmp_path: Pat
     assert {f.name: f.read_bytes() for f in office.iterdir() if f.is_file()} == before
     report = Engine(ray_settings, load_models=False).index(FILMS[1][0], "Office")
     assert report.resumed_at_s is not None and report.resumed_at_s >= 5.0
-    _assert_same_index(tmp_path / "single" / "office", office)
+    _assert_same_index(tmp_path / "single" / "office", office, same_track_ids=False)
