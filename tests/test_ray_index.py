@@ -190,3 +190,28 @@ def test_three_films_on_ray_with_a_worker_killed_match_one_process(tmp_path: Pat
     report = Engine(ray_settings, load_models=False).index(FILMS[1][0], "Office")
     assert report.resumed_at_s is not None and report.resumed_at_s >= 5.0
     _assert_same_index(tmp_path / "single" / "office", office, same_track_ids=False)
+
+
+@requires_shared
+@pytest.mark.shared
+@pytest.mark.slow
+def test_parts_of_a_frames_folder_and_a_vfr_video_match_one_process_without_ray(tmp_path: Path) -> None:
+    """The parts path alone (one in-process worker, no Ray): parts of 3 s, checkpoints every 3 s,
+    on the two kinds of source the clips above are not: a frames folder and a variable-frame-rate video."""
+    from core import Engine, Settings
+    from core.indexing.distributed import Film, InProcessRunner
+
+    def settings(index_dir: Path) -> Settings:
+        return Settings(_env_file=None, index_dir=index_dir, detector=str(PERSON_DETECTOR), person_classes=[0, 1],
+                        device="cpu", channels=["osnet"], models_dir=WEIGHTS, det_imgsz=192, sample_fps=1.0,
+                        checkpoint_s=3.0, ray_part_s=3.0, torch_threads=1)
+
+    films = [(DATA / "goldeneye" / "frames", "GoldenEye"), (DATA / "goldeneye" / "goldeneye_10s_vfr.mp4", "VFR")]
+    single = Engine(settings(tmp_path / "single"), load_models=False)
+    for source, name in films:
+        single.index(source, name)
+    parted = settings(tmp_path / "parts")
+    outcomes = Engine(parted, load_models=False).index_films([Film(s, n) for s, n in films], InProcessRunner(parted))
+    assert [o.error for o in outcomes] == [None, None]
+    for slug in ("goldeneye", "vfr"):
+        _assert_same_index(tmp_path / "single" / slug, tmp_path / "parts" / slug)
