@@ -143,6 +143,7 @@ def test_three_films_on_ray_with_a_worker_killed_match_one_process(tmp_path: Pat
     ray_settings = settings(tmp_path / "ray")
     engine = Engine(ray_settings, load_models=False)
     with RayRunner(ray_settings, "local", workers=2, cpus=2) as runner:
+        assert [node["NodeManagerAddress"] for node in runner.ray.nodes()] == ["127.0.0.1"]  # loopback only
         pids = [int(name.rsplit(":", 1)[1]) for name in runner.worker_names()]
         assert len(set(pids)) == 2
         handed: list[int] = []

@@ -48,6 +48,15 @@ def import_ray() -> Any:
     return ray
 
 
+def loopback_only(ray: Any) -> None:
+    """A cluster started here listens on 127.0.0.1 alone. Ray replaces a node address of 127.0.0.1
+    with the machine's outward one (and then listens on every interface) unless it is told it may
+    not form a cluster: its switch for that, read at import for this process and from the
+    environment by the processes it starts."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def check_reachable(address: str) -> None:
     """A cluster's address answers on TCP, or BadInputError at once (Ray itself would retry for a
     minute and then print a traceback)."""
@@ -107,6 +116,8 @@ class RayRunner:
             check_reachable(address)
         # Workers log through Python logging to their own files; only errors reach us.
         common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        if local:
+            loopback_only(ray)
         try:
             if local:
                 ray.init(address="local", num_cpus=cpus, _node_ip_address="127.0.0.1", **common)
