@@ -180,7 +180,8 @@ class RayRunner:
         with self._wake:
             self._stopped = True
             self._wake.notify()
-        for job in [*self._queue, *(j for _, j in self._running.values())]:
+            jobs = [*self._queue, *(j for _, j in self._running.values())]
+        for job in jobs:
             if not job.future.done():
                 job.future.set_exception(PartsStopped("the run was stopped"))
 
