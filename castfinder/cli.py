@@ -37,12 +37,13 @@ from castfinder.common import (  # noqa: E402
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
 
-    from core import Progress, Settings
+    from core import IndexReport, Progress, Settings
 
 STAGE_LABELS = {
     "shots": "Finding shots",
     "index": "People → vectors",
     "write": "Writing index",
+    "parts": "Films in parts (Ray)",
     "people": "Finding people",
     "search": "Searching",
 }
@@ -62,8 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", parents=[flags], help="index a movie (a video file or a frames folder)",
                        description="Build the index of a movie. Re-indexing replaces the old index "
                                    "only once the new one is complete.")
-    p.add_argument("source", type=Path, help="video file (mp4, mkv, avi, webm, mov) or frames folder")
-    p.add_argument("--movie", required=True, help='the movie\'s name, e.g. "Losing Ground"')
+    p.add_argument("sources", type=Path, nargs="+", metavar="SOURCE",
+                   help="video file (mp4, mkv, avi, webm, mov) or frames folder; several with --ray")
+    p.add_argument("--movie", action="append",
+                   help='the movie\'s name, e.g. "Losing Ground" (required; with --ray and several sources, once '
+                        "per source in the same order, or never: each is named after its file)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="index on a Ray cluster (pip install 'castfinder[scale]'): host:port of its head, or "
+                        "nothing to start Ray on this machine (CASTFINDER_RAY_ADDRESS); films at once, long "
+                        "films in parts of CASTFINDER_RAY_PART_S seconds")
     p.add_argument("--fps", type=float, dest="sample_fps",
                    help="frames sampled per second inside shots (default 1; CASTFINDER_SAMPLE_FPS)")
     p.add_argument("--frames-fps", type=float, dest="frames_fps",
@@ -204,32 +212,44 @@ class _Bars:
         self.bars.clear()
 
 
-def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
-    from core import Engine, format_ts
+def _index_targets(args: argparse.Namespace, settings: Settings) -> tuple[str | None, list[tuple[Path, str]]]:
+    """The Ray address (None: one process, as ever) and each (source, movie name)."""
+    sources: list[Path] = list(args.sources)
+    address = args.ray
+    if address is not None and Path(address).expanduser().exists():
+        sources.insert(0, Path(address))  # `--ray film.mp4 ...`: a film, not an address
+        address = "local"
+    if address is None and settings.ray_address:
+        address = settings.ray_address
+    movies: list[str] = args.movie or []
+    if address is None and len(sources) > 1:
+        raise SystemExit(fail(f"{len(sources)} sources given: index one at a time, or several at once with --ray.",
+                              EXIT_USAGE))
+    if not movies and len(sources) == 1:
+        raise SystemExit(fail("the following arguments are required: --movie", EXIT_USAGE))
+    if movies and len(movies) != len(sources):
+        raise SystemExit(fail(f"{len(sources)} source(s) and {len(movies)} --movie name(s): give one name per "
+                              "source, in the same order (or, with --ray and several sources, none).", EXIT_USAGE))
+    names = movies or [p.stem if p.suffix else p.name for p in sources]
+    return address, list(zip(sources, names))
 
-    bars = _Bars(not args.quiet)
-    with engine_output_to_stderr():
-        engine = Engine(settings, load_models=False)  # index() loads the channels it builds
-        try:
-            report = engine.index(args.source, args.movie, progress=bars, replace=args.replace)
-        except KeyboardInterrupt:
-            bars.close()
-            print(f"\ninterrupted; the previous index, if any, is unchanged. Run the same command again to go on "
-                  f"from the last checkpoint (one every {settings.checkpoint_s:g} s of film).", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        finally:
-            bars.close()
+
+def _report_json(report: IndexReport) -> dict[str, Any]:
     m = report.movie
-    if args.json:
-        print_json({
-            "movie": m.name, "slug": m.slug, "path": str(m.path), "duration_s": round(m.duration_s, 3),
-            "shots": report.shots, "frames_sampled": report.frames_sampled, "frames_still": report.frames_still,
-            "persons_detected": report.persons_detected, "crops_kept": report.crops_kept,
-            "duplicates_dropped": report.duplicates_dropped, "shots_without_people": report.shots_without_people,
-            "seconds": {k: round(v, 3) for k, v in report.seconds.items()}, "warnings": report.warnings,
-            "resumed_at_s": report.resumed_at_s,
-        })
-        return 0
+    return {
+        "movie": m.name, "slug": m.slug, "path": str(m.path), "duration_s": round(m.duration_s, 3),
+        "shots": report.shots, "frames_sampled": report.frames_sampled, "frames_still": report.frames_still,
+        "persons_detected": report.persons_detected, "crops_kept": report.crops_kept,
+        "duplicates_dropped": report.duplicates_dropped, "shots_without_people": report.shots_without_people,
+        "seconds": {k: round(v, 3) for k, v in report.seconds.items()}, "warnings": report.warnings,
+        "resumed_at_s": report.resumed_at_s,
+    }
+
+
+def _print_report(report: IndexReport) -> None:
+    from core import format_ts
+
+    m = report.movie
     print(f"Indexed {m.name!r} → {m.path}")
     if report.resumed_at_s is not None:
         print(f"  resumed from a checkpoint at {format_ts(report.resumed_at_s, decimals=1)}")
@@ -244,7 +264,72 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  warning: {warning}")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items() if v >= 0.05)
     print(f"  time: {stages}")
+
+
+def _interrupted(settings: Settings) -> int:
+    print(f"\ninterrupted; the previous index, if any, is unchanged. Run the same command again to go on "
+          f"from the last checkpoint (one every {settings.checkpoint_s:g} s of film).", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
+    from core import Engine
+
+    address, targets = _index_targets(args, settings)
+    if address is not None:
+        return _index_on_ray(args, settings, address, targets)
+    source, movie = targets[0]
+    bars = _Bars(not args.quiet)
+    with engine_output_to_stderr():
+        engine = Engine(settings, load_models=False)  # index() loads the channels it builds
+        try:
+            report = engine.index(source, movie, progress=bars, replace=args.replace)
+        except KeyboardInterrupt:
+            bars.close()
+            return _interrupted(settings)
+        finally:
+            bars.close()
+    if args.json:
+        print_json(_report_json(report))
+        return 0
+    _print_report(report)
     return 0
+
+
+def _index_on_ray(args: argparse.Namespace, settings: Settings, address: str, targets: list[tuple[Path, str]]) -> int:
+    """Every film on a Ray cluster; a film that fails is told on its own line, the others indexed."""
+    from core import Engine
+    from core.indexing.distributed import Film
+    from core.indexing.ray_runner import RayRunner
+
+    bars = _Bars(not args.quiet)
+    with engine_output_to_stderr():
+        engine = Engine(settings, load_models=False)  # the driver loads no model: the workers do
+        try:
+            with RayRunner(settings, address) as runner:
+                outcomes = engine.index_films([Film(src, name) for src, name in targets], runner,
+                                              replace=args.replace, progress=bars)
+        except KeyboardInterrupt:
+            bars.close()
+            return _interrupted(settings)
+        finally:
+            bars.close()
+    failed = [o for o in outcomes if o.error is not None]
+    for o in failed:
+        message = str(o.error)  # most name their file already; the others are told whose they are
+        fail(message if o.film.source.name in message else f"{o.film.source}: {message}")
+    reports = [o.report for o in outcomes if o.report is not None]
+    if args.json:
+        if len(outcomes) == 1 and reports:
+            print_json(_report_json(reports[0]))
+        else:
+            print_json({"movies": [_report_json(r) for r in reports],
+                        "failed": [{"source": str(o.film.source), "movie": o.film.movie, "error": str(o.error)}
+                                   for o in failed]})
+    else:
+        for report in reports:
+            _print_report(report)
+    return EXIT_ERROR if failed else 0
 
 
 def cmd_movies(args: argparse.Namespace, settings: Settings) -> int:

@@ -25,6 +25,7 @@ from .catalog import FRAMES as FRAMES_COLLECTION
 from .catalog import Catalog, SyncReport, people_collection
 from .clips import Clip, ClipCutter
 from .errors import AmbiguousMovieError, BadInputError, CastUnavailableError, DamagedIndexError, MovieNotFoundError
+from .indexing.distributed import Film, FilmOutcome, PartRunner, index_films
 from .indexing.indexer import Indexer
 from .indexing.sources import check_source
 from .inputs import check_file
@@ -231,6 +232,20 @@ class Engine:
             self._cache.pop(report.movie.slug, None)
         self._update_catalog()
         return report
+
+    def index_films(self, films: Sequence[Film], runner: PartRunner, *, replace: bool = False,
+                    progress: ProgressCallback = no_progress) -> list[FilmOutcome]:
+        """Index several films at once, each in parts on `runner`'s workers (a Ray cluster:
+        core/indexing/ray_runner.py); each index is written and published as `index` does. A film
+        that fails is its outcome's `error`; the others are indexed."""
+        outcomes = index_films(self.settings, films, runner, replace=replace, progress=progress)
+        with self._cache_lock:
+            for outcome in outcomes:
+                if outcome.report is not None:
+                    self._cache.pop(outcome.report.movie.slug, None)
+        if any(o.report is not None for o in outcomes):
+            self._update_catalog()
+        return outcomes
 
     # -- the catalogue: which movie is this? -----------------------------------------------
     @property

@@ -213,6 +213,15 @@ class Settings(BaseSettings):
     # A screenshot whose best movie is less likely than this is "not in the catalogue".
     identify_min_confidence: float = Field(0.5, ge=0.0, le=1.0)
 
+    # Indexing on a Ray cluster (`castfinder index --ray`, the optional extra castfinder[scale]):
+    # the cluster's address ("local" or "auto": start one on this machine, on 127.0.0.1; empty:
+    # no Ray unless --ray is given); film seconds per part (a long film is indexed in parts of
+    # about this length, one per worker call); workers (actors holding the models; 0: one per GPU
+    # of the cluster, else one per CPU).
+    ray_address: str = ""
+    ray_part_s: float = Field(300.0, ge=1.0, le=86_400)
+    ray_workers: int = Field(0, ge=0, le=4096)
+
     @field_validator("index_dir")
     @classmethod
     def _usable_index_dir(cls, value: Path) -> Path:

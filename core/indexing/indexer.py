@@ -115,6 +115,27 @@ class _Batch:
 Models = tuple[PersonDetector, list[Channel]]
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the manifest records of the models an index was built with: known to a driver that
+    loads no model itself from its workers' reports (core/indexing/distributed.py)."""
+
+    embedder: str  # the primary channel's name (the first body channel, else the first)
+    channels: dict[str, tuple[str, str]]  # name -> (model, kind), in build order
+    dims: dict[str, int]
+    runtime: str  # the detector's
+
+    @classmethod
+    def of(cls, detector: PersonDetector, channels: list[Channel], primary: Channel | None) -> ModelFacts:
+        return cls(embedder=(primary or channels[0]).name,
+                   channels={c.name: (c.model_name, c.kind) for c in channels},
+                   dims={c.name: c.dim for c in channels}, runtime=detector.runtime)
+
+    @property
+    def face(self) -> str | None:
+        return next((name for name, (_, kind) in self.channels.items() if kind == "face"), None)
+
+
 class Indexer:
     """Builds one index. `models` is the detector and channels, or a future of them, or a function
     that starts loading them and returns that future: it is called once the build is claimed, so
@@ -138,6 +159,18 @@ class Indexer:
         if callable(self._models):
             self._models = self._models()
         return self._models
+
+    def open(self, source_path: Path) -> MovieSource:
+        """The film at `source_path`, read as these settings say."""
+        s = self.settings
+        return open_source(source_path, frames_fps=s.frames_fps, scene_threshold=s.scene_threshold,
+                           min_shot_frames=s.min_shot_frames, shot_detector=s.shot_detector,
+                           min_shot_s=s.min_shot_s, max_pixels=s.max_image_pixels)
+
+    def _claimed(self, source: MovieSource) -> None:
+        """The build is claimed: the models start loading (a driver that runs the film in parts on
+        workers hands them the parts here instead)."""
+        self._start_loading()
 
     def _load(self) -> None:
         models = self._start_loading()
@@ -169,16 +202,12 @@ class Indexer:
         writer: IndexWriter | None = None
         try:
             with timer("open"):
-                source = open_source(
-                    source_path, frames_fps=s.frames_fps, scene_threshold=s.scene_threshold,
-                    min_shot_frames=s.min_shot_frames, shot_detector=s.shot_detector, min_shot_s=s.min_shot_s,
-                    max_pixels=s.max_image_pixels,
-                )
+                source = self.open(source_path)
             build = self._build_settings()
             # Leftovers of crashes are tidied by the writer, under the index folder's lock.
             writer = IndexWriter(s.index_dir, slug, key=run_key(Path(source_path), build), name=name,
                                  replace=replace)
-            self._start_loading()
+            self._claimed(source)
             resumed = writer.resumed
             if resumed is not None:
                 for stage, seconds in resumed.seconds.items():
@@ -190,15 +219,15 @@ class Indexer:
                 checkpoint = Checkpoint(writer.key or "", [], warnings=list(source.warnings))
             shots, counts = self._process(source, writer, checkpoint, timer, progress)
             warnings = list(dict.fromkeys([*checkpoint.warnings, *source.warnings]))
-            assert self.detector is not None  # loaded by _process
+            facts = self.facts()  # known once _process has run
             draft = ManifestDraft(
                 name=name,
                 source=SourceSpec(kind=source.kind, path=str(Path(source_path).resolve()),
                                   size=_size_of(Path(source_path))),
                 duration_s=float(source.duration_s),
-                embedder=(self.primary or self.channels[0]).name,
-                channels={c.name: ChannelPlan(model=c.model_name, kind=c.kind) for c in self.channels},
-                detector=DetectorSpec(**build["detector"], runtime=self.detector.runtime),
+                embedder=facts.embedder,
+                channels={name: ChannelPlan(model=model, kind=kind) for name, (model, kind) in facts.channels.items()},
+                detector=DetectorSpec(**build["detector"], runtime=facts.runtime),
                 settings=build["settings"],
                 counts=Counts(shots=len(shots), **counts),
                 warnings=warnings,
@@ -212,7 +241,7 @@ class Indexer:
                 for channel, calib in writer.calibrate(calibration.fit).items():
                     plan = draft.channels[channel]
                     plan.calibration = calibration.with_link(calib, plan.kind).to_json()
-                face = next((c.name for c in self.channels if c.kind == "face"), None)
+                face = facts.face
                 if face is not None:  # without faces there is no cast (core/cast.py says why)
                     writer.write_cast(face, s.cast_threshold)
                 final = writer.commit(draft, s.faiss_index)
@@ -240,6 +269,10 @@ class Indexer:
             resumed_at_s=resumed.film_s if resumed is not None else None,
         )
 
+    def facts(self) -> ModelFacts:
+        """The models' facts for the manifest (once they are loaded)."""
+        return ModelFacts.of(self.detector, self.channels, self.primary)
+
     def _build_settings(self) -> dict[str, Any]:
         """Everything that shapes what an index holds: recorded in the manifest, and part of
         the key that lets an interrupted build be resumed (never under other settings)."""
@@ -264,7 +297,7 @@ class Indexer:
         writing every shot after the checkpoint's; checkpoints the build at the first shot
         boundary after every `checkpoint_s` of film. Returns the film's shots and the counts."""
         s = self.settings
-        build = BuildState.begin(s, source, writer, checkpoint, timer, progress)
+        build = self._begin(source, writer, checkpoint, timer, progress)
         # The film is read a few frames ahead, in its own thread, while the models finish loading.
         items = in_background(source.stream(s.sample_fps, lambda _: None, after_shot=checkpoint.done_shot,
                                             short_s=s.short_shot_s),
@@ -293,6 +326,11 @@ class Indexer:
         if build.shots_left_out:
             log.warning("%d shot(s) had no decodable frame and are left out", build.shots_left_out)
         return build.shots, build.counts.totals()
+
+    def _begin(self, source: MovieSource, writer: IndexWriter, checkpoint: Checkpoint, timer: StageTimer,
+               progress: ProgressCallback) -> BuildState:
+        """The run's state (a part of a film run by a worker keeps a little more: core/indexing/parts.py)."""
+        return BuildState.begin(self.settings, source, writer, checkpoint, timer, progress)
 
     def _take(self, build: BuildState, frame: SampledFrame) -> None:
         """A sampled frame: queued for detection unless it repeats its shot's last one; a full
