@@ -20,11 +20,11 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import socket
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .errors import CastfinderError
+from .ray_cluster import endpoint, import_ray, unreachable
 from .search.images import load_image
 from .settings import Settings
 from .types import (
@@ -51,7 +51,6 @@ ACTOR_PREFIX = "castfinder-engine-"
 # A call that finds its worker dead is sent again this many times (to the restarted worker);
 # past that the user is told the engines are unavailable.
 _TASK_RETRIES = 2
-_CONNECT_S = 5.0  # a cluster's head that does not accept a connection in this long is down
 # The engine methods a worker answers: everything the bot uses except decoding (done where the
 # bytes arrived: a bad image is refused before anything crosses the wire).
 _FORWARDED = frozenset({
@@ -65,11 +64,7 @@ class EnginesUnavailableError(CastfinderError):
 
 
 def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise CastfinderError("Engine workers need Ray: pip install 'castfinder[scale]'.") from None
-    return ray
+    return import_ray(CastfinderError("Engine workers need Ray: pip install 'castfinder[scale]'."))
 
 
 def connect(address: str) -> Any:
@@ -78,7 +73,6 @@ def connect(address: str) -> Any:
     if ray.is_initialized():
         return ray
     _check_reachable(address)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -90,15 +84,13 @@ def connect(address: str) -> Any:
 def _check_reachable(address: str) -> None:
     """A host:port (or ray://host:port) that refuses connections is said at once: Ray itself
     retries an unreachable head for minutes before giving up."""
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
+    where = endpoint(address)
+    if where is None:
         return  # "auto", "local": Ray finds the cluster itself
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_S).close()
-    except OSError as exc:
-        raise EnginesUnavailableError(f"The Ray cluster at {address} cannot be reached ({exc.strerror or exc}); "
-                                      "check CASTFINDER_ENGINE_RAY_ADDRESS, or start it with ray start --head.") \
-            from None
+    why = unreachable(*where)
+    if why is not None:
+        raise EnginesUnavailableError(f"The Ray cluster at {address} cannot be reached ({why}); "
+                                      "check CASTFINDER_ENGINE_RAY_ADDRESS, or start it with ray start --head.")
 
 
 class EngineWorker:

@@ -18,9 +18,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 from ..errors import BadInputError, CastfinderError
+from ..ray_cluster import endpoint, import_ray, unreachable
 from ..settings import Settings
 from .distributed import PartsStopped, PartWorker
 from .parts import PartResult, Window
@@ -30,22 +30,11 @@ log = logging.getLogger(__name__)
 LOCAL = ("", "local", "auto")  # start a cluster on this machine
 PART_TRIES = 3  # a part whose worker is lost this many times fails its film
 ACTOR_RESTARTS = 4
-CONNECT_TIMEOUT_S = 5.0
 _POLL_S = 0.2  # how long the dispatcher waits on running parts before looking at new ones
 
 
 class PartLostError(CastfinderError):
     """A part's worker was lost on every try."""
-
-
-def import_ray() -> Any:
-    """Ray, or a one-line message saying how to install it."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
-    try:
-        import ray
-    except ImportError:
-        raise BadInputError("--ray needs Ray, which is not installed: pip install 'castfinder[scale]'") from None
-    return ray
 
 
 def loopback_only(ray: Any) -> None:
@@ -60,20 +49,14 @@ def loopback_only(ray: Any) -> None:
 def check_reachable(address: str) -> None:
     """A cluster's address answers on TCP, or BadInputError at once (Ray itself would retry for a
     minute and then print a traceback)."""
-    parts = urlsplit(address if "://" in address else f"tcp://{address}")
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        host = port = None
-    if not host or not port:
+    where = endpoint(address)
+    if where is None:
         raise BadInputError(f"--ray {address!r} is not an address: give host:port of a Ray head (ray start --head "
                             "prints it), or --ray alone to start Ray on this machine.")
-    try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        raise BadInputError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc}); start one with "
-                            "`ray start --head`, or give --ray alone to start Ray on this machine.") from None
+    why = unreachable(*where)
+    if why is not None:
+        raise BadInputError(f"--ray {address}: no Ray cluster answers there ({why}); start one with "
+                            "`ray start --head`, or give --ray alone to start Ray on this machine.")
 
 
 class PartActor:
@@ -109,7 +92,8 @@ class RayRunner:
     cluster when this runner started it."""
 
     def __init__(self, settings: Settings, address: str = "", *, workers: int = 0, cpus: int | None = None) -> None:
-        self.ray = ray = import_ray()
+        self.ray = ray = import_ray(
+            BadInputError("--ray needs Ray, which is not installed: pip install 'castfinder[scale]'"))
         self.address = address
         local = address.strip().lower() in LOCAL
         if not local:
