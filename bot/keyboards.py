@@ -11,12 +11,12 @@ as an expired button.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Annotated, Sequence
 
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardMarkup
 from aiogram.utils.keyboard import InlineKeyboardBuilder
-from pydantic import field_validator
+from pydantic import BeforeValidator
 
 from core import MovieInfo
 
@@ -53,43 +53,43 @@ def _matching(pattern: re.Pattern[str], value: object, what: str) -> str:
     return value
 
 
-class MovieChoice(CallbackData, prefix="mv"):
-    key: str  # movie_key(slug)
+def _stored_id(what: str) -> BeforeValidator:
+    return BeforeValidator(lambda value: _matching(_STORED_ID, value, what))
 
-    @field_validator("key", mode="before")
-    @classmethod
-    def _key(cls, value: object) -> str:
-        return _matching(_MOVIE_KEY, value, "movie key")
+
+def _number(low: int, high: int) -> BeforeValidator:
+    return BeforeValidator(lambda value: ascii_number(value, low, high))
+
+
+def _one_of(choices: tuple[str, ...], what: str) -> BeforeValidator:
+    def check(value: object) -> str:
+        if value not in choices:
+            raise ValueError(f"not {what}")
+        return str(value)
+
+    return BeforeValidator(check)
+
+
+# The fields of the callback data, each parsed as strictly as the module's docstring says.
+PageId = Annotated[str, _stored_id("page id")]  # ResultPage.id
+PickId = Annotated[str, _stored_id("pick id")]  # PendingPick.id
+Rank = Annotated[int, _number(1, MAX_RESULTS_CAP)]  # StoredResult.rank, 1-based
+
+
+class MovieChoice(CallbackData, prefix="mv"):
+    key: Annotated[str, BeforeValidator(lambda value: _matching(_MOVIE_KEY, value, "movie key"))]  # movie_key(slug)
 
 
 class PersonChoice(CallbackData, prefix="pk"):
-    pick: str  # PendingPick.id
-    who: str  # "1".."MAX_PICK_BUTTONS" or "all"
-
-    @field_validator("pick", mode="before")
-    @classmethod
-    def _pick(cls, value: object) -> str:
-        return _matching(_STORED_ID, value, "pick id")
-
-    @field_validator("who", mode="before")
-    @classmethod
-    def _who(cls, value: object) -> str:
-        return "all" if value == "all" else str(ascii_number(value, 1, MAX_PICK_BUTTONS))
+    pick: PickId
+    # "1".."MAX_PICK_BUTTONS" or "all"
+    who: Annotated[str, BeforeValidator(lambda value: "all" if value == "all"
+                                        else str(ascii_number(value, 1, MAX_PICK_BUTTONS)))]
 
 
 class MoreResults(CallbackData, prefix="mr"):
-    page: str  # ResultPage.id
-    offset: int  # index of the first result to show
-
-    @field_validator("page", mode="before")
-    @classmethod
-    def _page(cls, value: object) -> str:
-        return _matching(_STORED_ID, value, "page id")
-
-    @field_validator("offset", mode="before")
-    @classmethod
-    def _offset(cls, value: object) -> int:
-        return ascii_number(value, 0, MAX_RESULTS_CAP)
+    page: PageId
+    offset: Annotated[int, _number(0, MAX_RESULTS_CAP)]  # index of the first result to show
 
 
 # The cast's buttons: at most CASTFINDER_CAST_SHEET_SIZE's upper bound (core/settings.py).
@@ -97,18 +97,9 @@ MAX_CAST_BUTTONS = 24
 
 
 class CastChoice(CallbackData, prefix="ca"):
-    sheet: str  # the stored cast sheet's id (Storage.save_pick, see handlers/cast.py)
-    number: str  # "1".."MAX_CAST_BUTTONS": the member's number on the sheet
-
-    @field_validator("sheet", mode="before")
-    @classmethod
-    def _sheet(cls, value: object) -> str:
-        return _matching(_STORED_ID, value, "cast sheet id")
-
-    @field_validator("number", mode="before")
-    @classmethod
-    def _number(cls, value: object) -> str:
-        return str(ascii_number(value, 1, MAX_CAST_BUTTONS))
+    sheet: Annotated[str, _stored_id("cast sheet id")]  # the stored cast sheet (Storage.save_pick, handlers/cast.py)
+    # "1".."MAX_CAST_BUTTONS": the member's number on the sheet
+    number: Annotated[str, BeforeValidator(lambda value: str(ascii_number(value, 1, MAX_CAST_BUTTONS)))]
 
 
 def cast_keyboard(sheet_id: str, labels: Sequence[str]) -> InlineKeyboardMarkup:
@@ -124,70 +115,26 @@ class FeedbackButton(CallbackData, prefix="fb"):
     """ "✓ that's them" (verdict "y") or "✗ not them" ("n") on result `rank` of a page, as the
     page stood at `version` (its number of taps): a tap on a list that changed since is refused."""
 
-    page: str  # ResultPage.id
-    version: int
-    rank: int
-    verdict: str
-
-    @field_validator("page", mode="before")
-    @classmethod
-    def _page(cls, value: object) -> str:
-        return _matching(_STORED_ID, value, "page id")
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _version(cls, value: object) -> int:
-        return ascii_number(value, 0, MAX_FEEDBACK_TAPS)
-
-    @field_validator("rank", mode="before")
-    @classmethod
-    def _rank(cls, value: object) -> int:
-        return ascii_number(value, 1, MAX_RESULTS_CAP)
-
-    @field_validator("verdict", mode="before")
-    @classmethod
-    def _verdict(cls, value: object) -> str:
-        if value not in ("y", "n"):
-            raise ValueError("not a verdict")
-        return str(value)
+    page: PageId
+    version: Annotated[int, _number(0, MAX_FEEDBACK_TAPS)]
+    rank: Rank
+    verdict: Annotated[str, _one_of(("y", "n"), "a verdict")]
 
 
 class ClipRequest(CallbackData, prefix="cl"):
     """▶ under a results list: the clip of one result. The page id and the result's rank only,
     never a path or a shot: the handler looks the result up in the page, with the chat."""
 
-    page: str  # ResultPage.id
-    rank: int  # StoredResult.rank, 1-based
-
-    @field_validator("page", mode="before")
-    @classmethod
-    def _page(cls, value: object) -> str:
-        return _matching(_STORED_ID, value, "page id")
-
-    @field_validator("rank", mode="before")
-    @classmethod
-    def _rank(cls, value: object) -> int:
-        return ascii_number(value, 1, MAX_RESULTS_CAP)
+    page: PageId
+    rank: Rank
 
 
 class IdentifyAction(CallbackData, prefix="id"):
     """A button under "Looks like <movie>": search this screenshot's character there ("s"), or
     only set the movie for the chat ("m"). `pick` is the PendingPick that keeps the screenshot."""
 
-    pick: str
-    act: str
-
-    @field_validator("pick", mode="before")
-    @classmethod
-    def _pick(cls, value: object) -> str:
-        return _matching(_STORED_ID, value, "pick id")
-
-    @field_validator("act", mode="before")
-    @classmethod
-    def _act(cls, value: object) -> str:
-        if value not in ("s", "m"):
-            raise ValueError("not an identify action")
-        return str(value)
+    pick: PickId
+    act: Annotated[str, _one_of(("s", "m"), "an identify action")]
 
 
 def identify_keyboard(pick_id: str, movie: str) -> InlineKeyboardMarkup:
@@ -196,6 +143,11 @@ def identify_keyboard(pick_id: str, movie: str) -> InlineKeyboardMarkup:
     builder.button(text=texts.identify_set_button(movie), callback_data=IdentifyAction(pick=pick_id, act="m"))
     builder.adjust(1)
     return builder.as_markup()
+
+
+def _per_row(count: int, width: int) -> list[int]:
+    """Row lengths for `count` buttons, `width` a row, the rest on a last shorter row."""
+    return [width] * (count // width) + ([count % width] if count % width else [])
 
 
 def movies_keyboard(movies: Sequence[MovieInfo]) -> InlineKeyboardMarkup:
@@ -212,9 +164,7 @@ def people_keyboard(pick_id: str, count: int) -> InlineKeyboardMarkup:
     for i in range(1, shown + 1):
         builder.button(text=str(i), callback_data=PersonChoice(pick=pick_id, who=str(i)))
     builder.button(text=texts.pick_all_button(), callback_data=PersonChoice(pick=pick_id, who="all"))
-    # Up to five numbers a row, "All" alone on the last row.
-    rows = [5] * (shown // 5) + ([shown % 5] if shown % 5 else []) + [1]
-    builder.adjust(*rows)
+    builder.adjust(*_per_row(shown, 5), 1)  # up to five numbers a row, "All" alone on the last row
     return builder.as_markup()
 
 
@@ -229,19 +179,15 @@ def results_keyboard(page: ResultPage, shown: Sequence[StoredResult], next_offse
     None when there is no button."""
     builder = InlineKeyboardBuilder()
     rows: list[int] = []
-
-    def per_row(count: int, width: int) -> list[int]:
-        return [width] * (count // width) + ([count % width] if count % width else [])
-
     for r in shown:
         builder.button(text=texts.clip_button(r.rank), callback_data=ClipRequest(page=page.id, rank=r.rank))
-    rows += per_row(len(shown), CLIP_BUTTONS_PER_ROW)
+    rows += _per_row(len(shown), CLIP_BUTTONS_PER_ROW)
     if page.build_id and shown and page.version < MAX_FEEDBACK_TAPS:
         for verdict, label in (("y", texts.feedback_yes_button), ("n", texts.feedback_no_button)):
             for r in shown:
                 builder.button(text=label(r.rank), callback_data=FeedbackButton(page=page.id, version=page.version,
                                                                               rank=r.rank, verdict=verdict))
-            rows += per_row(len(shown), _FEEDBACK_ROW)
+            rows += _per_row(len(shown), _FEEDBACK_ROW)
     remaining = len(page.results) - next_offset
     if remaining > 0:
         builder.button(text=texts.more_button(remaining), callback_data=MoreResults(page=page.id, offset=next_offset))
